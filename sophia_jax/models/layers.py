@@ -1,0 +1,164 @@
+"""Building blocks shared by the vision encoder and the decoder.
+
+Axis alphabet used in einsum strings and shape notes across ``models/``:
+B batch, T query length, S key length, D model width, N query heads, K kv heads, G = N / K,
+H head dim, F mlp width, V vocab, P patches per tile, C channels.
+
+Every parameter is an ``nnx.Param`` with ``axes`` metadata naming its logical axes; only
+``sophia_jax.sharding`` maps those to mesh axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sophia_jax.models.config import RopeScaling
+
+INIT_STD = 0.02
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], dtype, init="normal"):
+    """A parameter with logical axes; ``init`` is normal(0.02), zeros or ones."""
+    if init == "normal":
+        value = INIT_STD * jax.random.normal(rngs.params(), tuple(shape), dtype)
+    elif init == "zeros":
+        value = jnp.zeros(tuple(shape), dtype)
+    elif init == "ones":
+        value = jnp.ones(tuple(shape), dtype)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, axes=tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32; the weight multiplies after the cast back (as in HF)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(dtype) * x32.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with bias; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+        self.bias = param(rngs, (dim,), ("norm",), param_dtype, init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    if kind == "rms_norm":
+        return RMSNorm(dim, eps, param_dtype=param_dtype, rngs=rngs)
+    if kind == "layer_norm":
+        return LayerNorm(dim, eps, param_dtype=param_dtype, rngs=rngs)
+    raise ValueError(f"unknown norm_type {kind!r}; expected 'rms_norm' or 'layer_norm'")
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU; InternViT and mlp1 use it, and jax's default is the tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling) -> jax.Array:
+    """Base inverse frequencies, with the static (position-independent) scalings applied."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling.kind in ("default", "dynamic"):
+        return inv
+    if scaling.kind == "linear":
+        return inv / scaling.factor
+    if scaling.kind == "llama3":
+        old = scaling.original_max_position_embeddings
+        low_wavelen = old / scaling.low_freq_factor
+        high_wavelen = old / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        mid = (1 - smooth) * inv / scaling.factor + smooth * inv
+        out = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+        is_mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+        return jnp.where(is_mid, mid, out)
+    raise NotImplementedError(f"rope scaling {scaling.kind!r} is not supported")
+
+
+def rope_tables(
+    positions: jax.Array, head_dim: int, theta: float, scaling: RopeScaling, max_positions: int
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin, float32[B, T, H], for NeoX-style (rotate-half) RoPE."""
+    inv = rope_inv_freq(head_dim, theta, scaling)
+    if scaling.kind == "dynamic":
+        # Dynamic NTK: the base grows once the sequence passes max_positions (a no-op below it).
+        seq_len = jnp.maximum(jnp.max(positions) + 1, max_positions).astype(jnp.float32)
+        base = theta * ((scaling.factor * seq_len / max_positions) - (scaling.factor - 1)) ** (
+            head_dim / (head_dim - 2)
+        )
+        inv = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, heads, H]; cos/sin: [B, T, H]."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    out = x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str = "xla"
+) -> jax.Array:
+    """Scaled dot-product attention with grouped KV heads.
+
+    q: [B, T, N, H]; k, v: [B, S, K, H]; mask: bool[B, T, S] (True = may attend) or None for
+    full bidirectional attention. Returns [B, T, N, H]. Softmax runs in float32.
+    """
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    scale = h**-0.5
+    if impl == "fused":
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=None if mask is None else mask[:, None, :, :], scale=scale
+        )
+    if impl != "xla":
+        raise ValueError(f"unknown attention implementation {impl!r}; expected 'xla' or 'fused'")
+    qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)
