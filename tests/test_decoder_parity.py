@@ -1,13 +1,14 @@
 """Text decoders match transformers' causal LMs (Qwen3 per-head qk-norm, Qwen2, Llama)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import hf_models
-from sophia_jax.checkpoint import assign_params, causal_lm_rules, to_ours
-from sophia_jax.models import CausalLM, RopeScaling
+from sophia_jax.checkpoint import assign_params, causal_lm_rules, flat_params, to_ours
+from sophia_jax.models import CausalLM, RopeScaling, RuntimeConfig
 from sophia_jax.models.hf_config import text_config_from_hf
 
 
@@ -64,3 +65,30 @@ def test_padded_logits_are_minus_inf():
     assert padded.shape[-1] % 128 == 0 and padded.shape[-1] >= hf_models.VOCAB
     assert np.all(np.isneginf(padded[..., hf_models.VOCAB:]))
     assert np.all(np.isfinite(padded[..., : hf_models.VOCAB]))
+
+
+def test_fused_attention_and_remat_match_the_plain_path():
+    """attention='fused' (jax.nn.dot_product_attention) and remat give the same logits and grads."""
+    torch_model = hf_models.causal_lm("qwen2")
+    plain = port(torch_model)
+    weights = {k: np.asarray(v.get_value()) for k, v in flat_params(plain).items()}
+    ids, mask = (jnp.asarray(x) for x in padded_batch())
+
+    def loss_and_grads(model):
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            logits = nnx.merge(graphdef, state)(ids, mask)
+            return jnp.mean(jax.nn.logsumexp(logits, -1) * mask)
+
+        return jax.value_and_grad(loss)(state)
+
+    base_loss, base_grads = loss_and_grads(plain)
+    for runtime in (RuntimeConfig(attention="fused"), RuntimeConfig(remat=True)):
+        other = CausalLM(plain.config, runtime, rngs=nnx.Rngs(0))
+        assign_params(other, weights)
+        np.testing.assert_allclose(np.asarray(other(ids, mask)), np.asarray(plain(ids, mask)), atol=1e-5)
+        other_loss, other_grads = loss_and_grads(other)
+        np.testing.assert_allclose(other_loss, base_loss, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(other_grads), jax.tree.leaves(base_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

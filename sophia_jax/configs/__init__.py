@@ -1,0 +1,1 @@
+"""Experiment and model configs (ml_collections)."""
