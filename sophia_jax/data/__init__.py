@@ -1,0 +1,50 @@
+"""Input data: InternVL image tiling and SOPHIA question datasets."""
+
+from sophia_jax.data.datasets import (
+    DatasetError,
+    FieldMap,
+    ImageRef,
+    Question,
+    QuestionSet,
+    Skipped,
+    SkipReason,
+    iter_questions,
+    read_questions,
+)
+from sophia_jax.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageError,
+    TileBudgetError,
+    TilingConfig,
+    candidate_grids,
+    choose_grid,
+    load_image,
+    num_tiles_for_size,
+    open_image,
+    pad_tiles,
+    tile_image,
+)
+
+__all__ = [
+    "DatasetError",
+    "FieldMap",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageError",
+    "ImageRef",
+    "Question",
+    "QuestionSet",
+    "SkipReason",
+    "Skipped",
+    "TileBudgetError",
+    "TilingConfig",
+    "candidate_grids",
+    "choose_grid",
+    "iter_questions",
+    "load_image",
+    "num_tiles_for_size",
+    "open_image",
+    "pad_tiles",
+    "read_questions",
+]
