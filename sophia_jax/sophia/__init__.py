@@ -1,0 +1,1 @@
+"""The SOPHIA behaviour model: captions -> reasoning -> rewards -> selection -> trajectory store."""

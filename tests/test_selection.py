@@ -1,0 +1,67 @@
+"""Caption-reward propagation and Keep-N selection on hand-built reward tables."""
+
+import dataclasses
+
+import pytest
+
+from sophia_jax.sophia.selection import caption_rewards, select
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    question_id: str
+    caption_index: int
+    trajectory_index: int
+    outcome_reward: float
+    trajectory_policy_tokens: int
+
+
+def table(question_id, rewards_per_caption, lengths=None):
+    """rewards_per_caption[k][n] -> rows; lengths default to 100 + 10*n + k."""
+    rows = []
+    for k, rewards in enumerate(rewards_per_caption):
+        for n, reward in enumerate(rewards):
+            length = lengths[k][n] if lengths else 100 + 10 * n + k
+            rows.append(Row(question_id, k, n, reward, length))
+    return rows
+
+
+def test_caption_reward_is_mean_of_its_trajectories():
+    rows = table("q", [[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert caption_rewards(rows) == {("q", 0): 0.75, ("q", 1): 0.0, ("q", 2): 1.0}
+
+
+def test_alpha_is_strict():
+    # 6 of 8 correct = 0.75 is NOT above alpha 0.75; 7 of 8 is.
+    six = table("q", [[1] * 6 + [0] * 2])
+    assert select(six, alpha=0.75) == set()
+    seven = table("q", [[1] * 7 + [0]])
+    assert select(seven, alpha=0.75) == {("q", 0, 0)}
+
+
+def test_keep_n_shortest_across_captions():
+    lengths = [[50, 40, 90, 10], [30, 20, 60, 70]]
+    rows = table("q", [[1, 1, 1, 0], [1, 1, 1, 1]], lengths)
+    # caption 0 (reward 0.75) passes alpha 0.7 but not 0.8; its wrong trajectory (length 10) never counts
+    assert select(rows, alpha=0.7, keep=1) == {("q", 1, 1)}
+    assert select(rows, alpha=0.7, keep=3) == {("q", 1, 1), ("q", 1, 0), ("q", 0, 1)}
+    assert select(rows, alpha=0.8, keep=3) == {("q", 1, 1), ("q", 1, 0), ("q", 1, 2)}
+
+
+def test_ties_break_by_caption_then_trajectory():
+    rows = table("q", [[1, 1], [1, 1]], [[5, 5], [5, 5]])
+    assert select(rows, alpha=0.5, keep=1) == {("q", 0, 0)}
+    assert select(rows, alpha=0.5, keep=3) == {("q", 0, 0), ("q", 0, 1), ("q", 1, 0)}
+
+
+def test_no_survivor_and_per_question_independence():
+    rows = table("a", [[1, 0, 0, 0]]) + table("b", [[1, 1, 1, 1]])
+    assert select(rows, alpha=0.75) == {("b", 0, 0)}
+    assert select(table("c", [[0, 0], [0, 0]]), alpha=0.0) == set()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="keep"):
+        select([], keep=0)
+    with pytest.raises(ValueError, match="duplicate"):
+        select(table("q", [[1]]) * 2)
