@@ -1,0 +1,95 @@
+"""``sophia-jax convert``: a Hugging Face checkpoint directory -> our checkpoint directory.
+
+Reads the original OpenGVLab InternVL layout (Qwen2 or InternLM2 language model), the
+transformers-native InternVL layout (legacy or ``model.*`` prefixes) and text-only Qwen2 / Qwen3 /
+Llama causal LMs. Tensors stream one at a time from the safetensors shards into Orbax, so host
+memory stays near one write group (``store.GROUP_BYTES``) above the process baseline, whatever
+the model size. The tokenizer, chat template and configs are copied next to the parameters.
+
+    sophia-jax convert --hf_dir /ckpt/InternVL3-8B --out /ckpt/internvl3-8b-orbax [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import jax
+import numpy as np
+
+from sophia_jax.checkpoint.errors import CheckpointError
+from sophia_jax.checkpoint.hf_source import iter_params, open_hf
+from sophia_jax.checkpoint.progress import Progress
+from sophia_jax.checkpoint.store import GROUP_BYTES, CheckpointWriter, abstract_model, param_shapes
+from sophia_jax.models.config import RuntimeConfig
+
+DTYPES = ("bfloat16", "float32")
+MAX_GROUPS = 64  # Orbax partial saves per conversion; finalising merges their metadata
+
+
+def convert_hf(
+    hf_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "bfloat16",
+    overwrite: bool = False,
+    progress: bool = True,
+    group_bytes: int | None = None,
+) -> str:
+    """Converts ``hf_dir`` into a checkpoint directory at ``out``; returns its absolute path.
+
+    Everything is checked (config, every tensor name and shape, file integrity) before the
+    first tensor is read. Raises ``CheckpointError`` naming the file and tensor at fault.
+    ``group_bytes`` (default: 256 MB, or 1/64 of the model when larger, which bounds the number
+    of Orbax partial saves) is how much is buffered between writes.
+    """
+    source = open_hf(hf_dir)
+    dtype = np.dtype(dtype)
+    runtime = RuntimeConfig(dtype=dtype.name, param_dtype=dtype.name)
+    shapes = param_shapes(abstract_model(source.kind, source.config, runtime))
+    params = iter_params(source, shapes, dtype)  # checks the plan before anything is written
+    total = sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
+    report = Progress("convert", len(shapes), total, enabled=progress)
+    group_bytes = group_bytes or max(GROUP_BYTES, total // MAX_GROUPS)
+    with CheckpointWriter(out, overwrite=overwrite, group_bytes=group_bytes) as writer:
+        for name, value in params:
+            writer.add(name, value)
+            report.update(value.nbytes)
+        writer.copy_assets(source.directory)
+        path = writer.commit(source.kind, source.config, dtype,
+                             source={"directory": os.path.abspath(source.directory), "layout": source.layout})
+    report.done()
+    return path
+
+
+def _host_only() -> None:
+    """Conversion needs no accelerator; keep JAX off a TPU that a training job may hold."""
+    if "JAX_PLATFORMS" not in os.environ:
+        try:
+            jax.config.update("jax_platforms", "cpu")
+        except Exception:  # backends already initialised by the caller: use what is there
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sophia-jax convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hf_dir", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="stored parameter dtype")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    _host_only()
+    try:
+        path = convert_hf(args.hf_dir, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=not args.quiet)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

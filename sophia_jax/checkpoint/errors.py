@@ -1,0 +1,7 @@
+"""The one error type for checkpoints that cannot be read, converted or written."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A checkpoint problem; the message names the file and, where there is one, the tensor."""
