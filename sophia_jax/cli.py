@@ -11,6 +11,8 @@ import sys
 # name -> ("module:function", help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
     "demo": ("sophia_jax.demo:main", "forward pass of a (tiny) InternVL: shapes and timing"),
+    "generate": ("sophia_jax.sophia.commands:generate_main", "SOPHIA behaviour model: captions, reasoning, rewards, store"),
+    "select": ("sophia_jax.sophia.commands:select_main", "re-select stored trajectories with another alpha / Keep-N"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
     "export": ("sophia_jax.checkpoint.export:main", "Orbax checkpoint -> Hugging Face (transformers-native)"),
 }
