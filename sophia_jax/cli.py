@@ -6,11 +6,13 @@ Subcommands are imported lazily so ``sophia-jax demo`` does not pay for the conv
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 # name -> ("module:function", help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
-    "demo": ("sophia_jax.demo:main", "forward pass of a (tiny) InternVL: shapes and timing"),
+    "demo": ("sophia_jax.demo:main", "the SOPHIA behaviour model end to end on a toy world (CPU, ~1 min)"),
+    "forward": ("sophia_jax.forward:main", "one jitted forward pass of a model preset: shapes and timing"),
     "generate": ("sophia_jax.sophia.commands:generate_main", "SOPHIA behaviour model: captions, reasoning, rewards, store"),
     "select": ("sophia_jax.sophia.commands:select_main", "re-select stored trajectories with another alpha / Keep-N"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sophia-jax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every read and write at INFO
     module, function = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), function)(rest) or 0)
 

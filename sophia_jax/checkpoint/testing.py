@@ -170,18 +170,10 @@ def write_checkpoint(directory: str, tensors: Mapping[str, np.ndarray], config: 
 
 
 def write_tokenizer(directory: str, image_token_id: int, chat_template: str | None = None) -> None:
-    """A word-level fast tokenizer: ``t0``..``t{id-1}``, then ``<IMG_CONTEXT>`` and chat tokens."""
-    import tokenizers
-    import transformers
+    """The word-level test tokenizer with ``<IMG_CONTEXT>`` at ``image_token_id``."""
+    from sophia_jax.sampling.testing import tiny_tokenizer
 
-    vocab = {f"t{i}": i for i in range(image_token_id)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0")
-    tok.add_special_tokens({"additional_special_tokens": ["<IMG_CONTEXT>", "<img>", "</img>", "<|im_start|>", "<|im_end|>"]})
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    tok.save_pretrained(directory)
+    tiny_tokenizer(image_token_id, chat_template=chat_template).save_pretrained(directory)
 
 
 def write_random_causal_lm(directory: str, hf_config: dict, max_shard_bytes: int = 1 << 30, seed: int = 0) -> int:

@@ -1,18 +1,23 @@
-"""Test doubles for sampling and chat templates: a tiny tokenizer built offline.
+"""Test double: a tiny word-level chat tokenizer built offline (no downloads).
 
-``tiny_tokenizer()`` is a word-level ``PreTrainedTokenizerFast`` with the InternVL/ChatML special
-tokens and a ChatML jinja ``chat_template``, small enough for the tiny test models (vocab 512,
-``<IMG_CONTEXT>`` = 500 as in ``tests/hf_models.py``). Whitespace runs are tokens of their own, so
-decoding (concatenation) gives back the text.
+``tiny_tokenizer()`` is a ``PreTrainedTokenizerFast`` over a short word list with the ChatML /
+InternVL special tokens and a ChatML jinja ``chat_template``. Whitespace runs are tokens of their
+own, so decoding (plain concatenation) gives back the text. Layout: ``<pad>`` 0, ``[UNK]`` 1,
+``<|endoftext|>`` 2, ``<|im_start|>`` 3, ``<|im_end|>`` 4; ``<img>``, ``</img>``,
+``<IMG_CONTEXT>`` at ``image_token_id - 2 .. image_token_id`` (matching a test model's config),
+or right after the words when ``image_token_id`` is None (a compact vocabulary); the words fill
+the remaining ids in order.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 WORDS = (
     "a", "an", "the", "is", "are", "of", "on", "in", "and", "to", "what", "describe", "image", "this", "picture",
     "cat", "dog", "red", "blue", "green", "sky", "tree", "man", "woman", "sitting", "standing", "answer",
     "question", "think", "step", "by", "so", "therefore", "because", "1", "2", "3", "4", "5", "+", "=", "?", ".",
-    ",", ":", "system", "user", "assistant", "you", "helpful", "are", "Image-1", "Image-2", "-",
+    ",", ":", "system", "user", "assistant", "you", "helpful", "Image-1", "Image-2", "-",
 )
 
 CHATML_TEMPLATE = (
@@ -22,25 +27,37 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+_CHAT_SPECIALS = ("<pad>", "[UNK]", "<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_IMAGE_SPECIALS = ("<img>", "</img>", "<IMG_CONTEXT>")
 
-def tiny_tokenizer(image_token_id: int = 500):
-    """A ``PreTrainedTokenizerFast`` over WORDS; specials sit at fixed ids near ``image_token_id``."""
+
+def tiny_tokenizer(image_token_id: int | None = 500, words: Sequence[str] = WORDS,
+                   chat_template: str | None = CHATML_TEMPLATE):
+    """A ``PreTrainedTokenizerFast`` over ``words`` plus whitespace; see the module docstring."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = {
-        "<pad>": 0, "[UNK]": 1, "<|endoftext|>": 2, "<|im_start|>": 3, "<|im_end|>": 4,
-        "<img>": image_token_id - 2, "</img>": image_token_id - 1, "<IMG_CONTEXT>": image_token_id,
-    }
-    vocab = dict(specials)
-    for piece in ("\n", " ", "\n\n", *WORDS):
-        if piece not in vocab:
-            vocab[piece] = len(vocab) - 3 + 5  # ids 5, 6, ... (3 specials live near image_token_id)
+    vocab = {token: i for i, token in enumerate(_CHAT_SPECIALS)}
+    pieces = [p for p in dict.fromkeys(("\n", " ", "\n\n", *words)) if p not in vocab]
+    if image_token_id is None:
+        image_token_id = len(vocab) + len(pieces) + len(_IMAGE_SPECIALS) - 1
+    reserved = dict(zip(_IMAGE_SPECIALS, range(image_token_id - 2, image_token_id + 1)))
+    if min(reserved.values()) < len(vocab):
+        raise ValueError(f"image_token_id {image_token_id} collides with the chat special tokens")
+    next_id = len(vocab)
+    for piece in pieces:
+        while next_id in reserved.values():
+            next_id += 1
+        vocab[piece] = next_id
+        next_id += 1
+    vocab.update(reserved)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\s+|[A-Za-z0-9\-]+|[^\sA-Za-z0-9\-]"), behavior="isolated")
+    # Special tokens, backslash commands such as \boxed{3} and words are single pieces.
+    tok.pre_tokenizer = pre_tokenizers.Split(
+        Regex(r"<[^<>\s]+>|\\[A-Za-z]+\{[^{}\s]*\}|\s+|[A-Za-z0-9\-]+:?|[^\sA-Za-z0-9\-]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="<pad>", eos_token="<|im_end|>",
-        additional_special_tokens=["<|endoftext|>", "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>"],
-        chat_template=CHATML_TEMPLATE,
+        additional_special_tokens=["<|endoftext|>", "<|im_start|>", *_IMAGE_SPECIALS],
+        chat_template=chat_template,
     )

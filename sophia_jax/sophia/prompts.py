@@ -13,11 +13,13 @@ import re
 from importlib import resources
 from typing import Mapping, Sequence
 
+from sophia_jax.data.chat_templates import INTERNVL_SYSTEM_MESSAGE
+
 _FILES = {
     "caption": "caption.txt",
     "simulate_reasoning": "simulate_reasoning.txt",
     "long_cot_system": "long_cot_system.txt",
-    "default_system": "internvl_default_system.txt",
+    "default_system": None,  # InternVL's own system message (chat_templates), not a file of ours
 }
 # Placeholders each template must contain.
 _REQUIRED = {"simulate_reasoning": ("question", "caption")}
@@ -25,6 +27,8 @@ _PLACEHOLDER = re.compile(r"\{(question|caption)\}")
 
 
 def _builtin(name: str) -> str:
+    if _FILES[name] is None:
+        return INTERNVL_SYSTEM_MESSAGE
     return resources.files("sophia_jax.sophia").joinpath("prompt_templates", _FILES[name]).read_text("utf-8").strip()
 
 

@@ -1,0 +1,303 @@
+"""The SOPHIA semi-off-policy behaviour model: the job behind ``sophia-jax generate``.
+
+For each shard of questions (a stable hash of the question id picks the shard):
+
+1. tile each image (InternVL dynamic tiling); a missing or corrupt image skips its questions;
+2. sample K captions per image from the policy, with the caption prompt (question not shown);
+3. sample N slow-thinking trajectories per caption from the text reasoner, with the
+   simulated-visual-reasoning prompt (question + caption);
+4. score each trajectory with the verifier (process pool; a timeout or crash scores 0);
+5. caption reward = mean outcome of its N trajectories; select correct trajectories whose
+   caption reward is above alpha, Keep-N shortest (policy tokens) per question;
+6. write every trajectory (selected or not) to the store as one atomic shard.
+
+Finished shards are skipped on a rerun and a killed run loses at most the shard in flight.
+Each shard samples with a seed derived from (base seed, shard id), so a rerun reproduces it.
+Several hosts split the shards by process index; each host samples on a mesh of its own local
+devices with its own copy of both models, so hosts never wait on each other.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from sophia_jax import checkpoint, sharding
+from sophia_jax.data import chat_templates
+from sophia_jax.data.datasets import FieldMap, Question, read_questions
+from sophia_jax.data.images import ImageError, TilingConfig
+from sophia_jax.models.config import RuntimeConfig
+from sophia_jax.sampling import Prompt, Sampler, SamplerConfig, SamplingParams
+from sophia_jax.sophia import selection
+from sophia_jax.sophia.prompts import Prompts
+from sophia_jax.sophia.records import TrajectoryRecord
+from sophia_jax.sophia.report import Report
+from sophia_jax.sophia.store import TrajectoryStore, shard_of, shards_for_host
+from sophia_jax.verify import VerifierPool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Role:
+    """A loaded model with its tokenizer and sampler (the policy or the reasoner)."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    sampler: Sampler
+    sampling: SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """What selection needs of a trajectory, before its record is built."""
+
+    question_id: str
+    caption_index: int
+    trajectory_index: int
+    outcome_reward: float
+    trajectory_policy_tokens: int
+
+
+def _name(role_cfg) -> str:
+    return role_cfg.name or os.path.basename(os.path.normpath(role_cfg.checkpoint))
+
+
+def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
+    """Loads a checkpoint (ours or a Hugging Face directory) and builds its sampler."""
+    import transformers
+
+    if not role_cfg.checkpoint:
+        raise ValueError("a checkpoint path is required for the policy and the reasoner")
+    runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype)
+    model = checkpoint.load(role_cfg.checkpoint, mesh=mesh, runtime=runtime)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(role_cfg.checkpoint)
+    s = cfg.sampler
+    sampler = Sampler(
+        model,
+        SamplerConfig(batch_size=s.batch_size, buckets=tuple(s.buckets), cache_dtype=s.cache_dtype,
+                      tile_budget=s.tile_budget, decode_chunk=s.decode_chunk, progress=s.progress,
+                      pad_id=int(tokenizer.pad_token_id or 0)),
+        mesh=mesh, tokenizer=tokenizer,
+    )
+    p = role_cfg.sampling
+    sampling = SamplingParams(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
+                              top_k=p.top_k, n=p.n, stop_token_ids=tuple(stop_token_ids(tokenizer)), seed=p.seed)
+    return Role(_name(role_cfg), model, tokenizer, sampler, sampling)
+
+
+def shard_seed(base: int, shard_id: int) -> int:
+    digest = hashlib.sha256(f"{base}:{shard_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def image_key(question: Question) -> str:
+    ref = question.image_ref
+    if ref.path is not None:
+        return str(ref.path)
+    return "inline:" + hashlib.sha256(ref.data).hexdigest()
+
+
+class BehaviourModel:
+    """Generates, scores and stores SOPHIA trajectories for one host's shards."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, policy: Role, reasoner: Role, verifier: VerifierPool):
+        self.cfg = cfg
+        self.policy = policy
+        self.reasoner = reasoner
+        self.verifier = verifier
+        self.prompts = Prompts.load({k: v for k, v in cfg.prompts.items() if v})
+        vision = policy.model.config.vision
+        self.tiling = TilingConfig(tile_size=vision.image_size, max_tiles=cfg.policy.max_tiles)
+
+    # -- one shard ------------------------------------------------------------------------------
+
+    def run_shard(self, shard_id: int, questions: list[Question], report: Report) -> list[TrajectoryRecord]:
+        seed = shard_seed(self.cfg.policy.sampling.seed, shard_id)
+        images = self._tile_images(questions, report)
+        questions = [q for q in questions if image_key(q) in images]
+        captions = self._captions(questions, images, seed, report)
+        questions = [q for q in questions if image_key(q) in captions]
+        trajectories = self._reasoning(questions, captions, seed, report)
+        return self._score_and_select(questions, captions, trajectories, report)
+
+    def _tile_images(self, questions, report) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        tiles, bad = {}, {}
+        for q in questions:
+            key = image_key(q)
+            if key in tiles:
+                continue
+            if key not in bad:
+                try:
+                    tiles[key] = q.image_ref.load(self.tiling)
+                    continue
+                except ImageError as e:
+                    bad[key] = str(e)
+            report.skip("image", "bad_image", bad[key], q.id, q.source)
+        report.stages["images"].seconds += time.perf_counter() - start
+        report.stages["images"].items += len(tiles)
+        return tiles
+
+    def _fits(self, ids, question_ids, stage, report) -> bool:
+        """Prompts longer than the largest bucket are skipped (with the reason), not fatal."""
+        largest = max(self.cfg.sampler.buckets)
+        if len(ids) <= largest:
+            return True
+        for qid in question_ids:
+            report.skip(stage, "prompt_too_long", f"{len(ids)} prompt tokens > largest bucket {largest}", qid)
+        return False
+
+    def _captions(self, questions, images: dict[str, np.ndarray], seed: int, report) -> dict[str, list]:
+        """K caption samples per image key."""
+        tok = self.policy.tokenizer
+        tokens_per_tile = self.policy.model.config.tokens_per_tile
+        asked = collections.defaultdict(list)
+        for q in questions:
+            asked[image_key(q)].append(q.id)
+        keys, prompts = [], []
+        for key, tiles in images.items():
+            ids = chat_templates.internvl_prompt_ids(
+                tok, self.prompts.caption, num_tiles=[len(tiles)], tokens_per_tile=tokens_per_tile,
+                system_message=self.prompts.default_system,
+            )
+            if self._fits(ids, asked[key], "captions", report):
+                keys.append(key)
+                prompts.append(Prompt(tokens=ids, pixel_values=tiles))
+        start = time.perf_counter()
+        results = self.policy.sampler.generate(prompts, dataclasses.replace(self.policy.sampling, seed=seed))
+        stage = report.stages["captions"]
+        stage.seconds += time.perf_counter() - start
+        stage.items += len(prompts)
+        stage.tokens += sum(len(s.tokens) for r in results for s in r.samples)
+        report.images_captioned += len(keys)
+        report.captions += sum(len(r.samples) for r in results)
+        return {keys[r.index]: r.samples for r in results}
+
+    def _reasoning(self, questions, captions, seed, report) -> dict[tuple[str, int], list]:
+        """N trajectory samples per (question id, caption index)."""
+        tok = self.reasoner.tokenizer
+        keys, prompts = [], []
+        for q in questions:
+            for k, caption in enumerate(captions[image_key(q)]):
+                messages = [{"role": "user", "content": self.prompts.reasoning_prompt(q.question, caption.text, q.choices, q.hint)}]
+                if self.cfg.reasoner.system_prompt:
+                    messages.insert(0, {"role": "system", "content": self.cfg.reasoner.system_prompt})
+                ids = chat_templates.chat_prompt_ids(tok, messages)
+                if not self._fits(ids, [q.id], "reasoning", report):
+                    continue
+                keys.append((q.id, k))
+                prompts.append(Prompt(tokens=ids))
+        start = time.perf_counter()
+        results = self.reasoner.sampler.generate(prompts, dataclasses.replace(self.reasoner.sampling, seed=seed + 1))
+        stage = report.stages["reasoning"]
+        stage.seconds += time.perf_counter() - start
+        stage.items += len(prompts)
+        stage.tokens += sum(len(s.tokens) for r in results for s in r.samples)
+        return {keys[r.index]: r.samples for r in results}
+
+    def _score_and_select(self, questions, captions, trajectories, report) -> list[TrajectoryRecord]:
+        by_id = {q.id: q for q in questions}
+        rows = [(qid, k, n, sample) for (qid, k), samples in trajectories.items() for n, sample in enumerate(samples)]
+        start = time.perf_counter()
+        rewards = self.verifier.score(
+            [(by_id[qid].answer, sample.text, by_id[qid].choices) for qid, _, _, sample in rows]
+        )
+        report.stages["verify"].seconds += time.perf_counter() - start
+        report.stages["verify"].items += len(rows)
+        policy_lengths = [len(ids) for ids in self.policy.tokenizer(
+            [sample.text for *_, sample in rows], add_special_tokens=False)["input_ids"]] if rows else []
+
+        scored = [Scored(qid, k, n, r.reward, length) for (qid, k, n, _), r, length in zip(rows, rewards, policy_lengths)]
+        caption_reward = selection.caption_rewards(scored)
+        chosen = selection.select(scored, alpha=self.cfg.selection.alpha, keep=self.cfg.selection.keep)
+
+        records = []
+        for (qid, k, n, sample), reward, s in zip(rows, rewards, scored):
+            q, caption = by_id[qid], captions[image_key(by_id[qid])][k]
+            if reward.reason.startswith(("timeout", "crash", "refused")):
+                report.judge_failures[reward.reason.split(":")[0].split(" ")[0]] += 1
+            records.append(TrajectoryRecord(
+                question_id=qid, image_ref=image_key(q), question=q.question, answer=q.answer, choices=q.choices,
+                caption_index=k, caption=caption.text, caption_reward=caption_reward[(qid, k)],
+                trajectory_index=n, trajectory=sample.text, outcome_reward=float(reward.reward),
+                extracted_answer=reward.extracted, judge_reason=reward.reason, selected=selection.key_of(s) in chosen,
+                policy_name=self.policy.name, reasoner_name=self.reasoner.name,
+                caption_tokens=len(caption.tokens), trajectory_tokens=len(sample.tokens),
+                trajectory_policy_tokens=s.trajectory_policy_tokens,
+                caption_logprobs=caption.logprobs, caption_raw_logprobs=caption.raw_logprobs,
+                trajectory_logprobs=sample.logprobs, trajectory_raw_logprobs=sample.raw_logprobs,
+            ))
+        report.questions_processed += len(questions)
+        report.trajectories += len(records)
+        report.trajectories_correct += sum(r.outcome_reward >= 1 for r in records)
+        report.trajectories_selected += len(chosen)
+        report.questions_with_selection += len({key[0] for key in chosen})
+        report.caption_rewards.update(caption_reward.values())
+        return records
+
+
+def read_dataset(cfg, report: Report) -> list[Question]:
+    fields = {k: (v or None) for k, v in cfg.dataset.fields.items()}
+    questions = read_questions(cfg.dataset.path, FieldMap(**fields), image_root=cfg.dataset.image_root or None)
+    for s in questions.skipped:
+        report.skip("dataset", s.reason, s.message, s.record_id, f"{s.file}:{s.location}")
+    items = list(questions)
+    if cfg.dataset.limit:
+        items = items[: cfg.dataset.limit]
+    report.questions_read = len(items)
+    return items
+
+
+def generate(cfg: ml_collections.ConfigDict) -> Report:
+    """Runs the behaviour model over this host's unfinished shards; returns the report."""
+    for field in ("output_dir", "dataset.path", "policy.checkpoint", "reasoner.checkpoint"):
+        node = cfg
+        for part in field.split("."):
+            node = node[part]
+        if not node:
+            raise ValueError(f"config field {field!r} is required")
+    report = Report()
+    process_index, process_count = jax.process_index(), jax.process_count()
+    store = TrajectoryStore(cfg.output_dir, process_index=process_index, process_count=process_count)
+    questions = read_dataset(cfg, report)
+    by_shard: dict[int, list[Question]] = collections.defaultdict(list)
+    for q in questions:
+        by_shard[shard_of(q.id, cfg.num_shards)].append(q)
+    mine = shards_for_host(sorted(by_shard), process_index, process_count)
+    done = store.finished_shards()
+    todo = [s for s in mine if s not in done]
+    report.shards_total, report.shards_mine, report.shards_already_done = len(by_shard), len(mine), len(mine) - len(todo)
+    report.questions_in_my_shards = sum(len(by_shard[s]) for s in mine)
+    logger.info("%d questions in %d shards; this host: %d shards, %d to do", len(questions), len(by_shard), len(mine), len(todo))
+
+    if todo:
+        m = cfg.mesh
+        mesh = sharding.make_mesh(sharding.MeshConfig(m.data, m.fsdp, m.tensor), jax.local_devices())
+        policy = load_role(cfg.policy, cfg, mesh, chat_templates.internvl_stop_token_ids)
+        reasoner = load_role(cfg.reasoner, cfg, mesh, chat_templates.stop_token_ids)
+        with VerifierPool(num_workers=cfg.verifier.workers, timeout=cfg.verifier.timeout) as verifier:
+            behaviour = BehaviourModel(cfg, policy, reasoner, verifier)
+            for i, shard_id in enumerate(todo):
+                start = time.perf_counter()
+                records = behaviour.run_shard(shard_id, by_shard[shard_id], report)
+                store.write_shard(shard_id, records, meta={
+                    "policy": policy.name, "reasoner": reasoner.name, "alpha": cfg.selection.alpha,
+                    "keep": cfg.selection.keep, "seconds": round(time.perf_counter() - start, 3),
+                })
+                report.shards_written += 1
+                logger.info("shard %d (%d/%d): %d trajectories in %.1fs", shard_id, i + 1, len(todo), len(records),
+                            time.perf_counter() - start)
+    store.write_manifest()
+    report.write(os.path.join(cfg.output_dir, f"report-{process_index:03d}.json"))
+    return report

@@ -1,0 +1,116 @@
+"""End to end: the SOPHIA behaviour model on tiny random models and generated images."""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+
+from sophia_jax.configs.loading import load
+from sophia_jax.sophia import behaviour, commands, selection, toy
+from sophia_jax.sophia.store import TrajectoryStore
+
+K, N = 2, 3  # captions per image, trajectories per caption
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return toy.build(str(tmp_path_factory.mktemp("world")), num_questions=6)
+
+
+def config(world, output_dir, **extra):
+    overrides = {
+        "output_dir": output_dir, "dataset.path": world.questions, "policy.checkpoint": world.policy,
+        "reasoner.checkpoint": world.reasoner, "num_shards": 3, "policy.sampling.n": K, "reasoner.sampling.n": N,
+        "reasoner.sampling.max_new_tokens": 12, "policy.sampling.max_new_tokens": 8, "selection.alpha": 0.3,
+        "verifier.workers": 1, "sampler.progress": False, **extra,
+    }
+    return load("generate:runlocal", [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def snapshot(store):
+    """Every record as comparable plain data, keyed by (question, caption, trajectory)."""
+    out = {}
+    for r in store.iter_records():
+        key = (r.question_id, r.caption_index, r.trajectory_index)
+        assert key not in out, f"duplicate record {key}"
+        out[key] = (r.caption, r.trajectory, r.outcome_reward, r.caption_reward, r.selected,
+                    r.caption_logprobs.tobytes(), r.trajectory_raw_logprobs.tobytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(world, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    report = behaviour.generate(config(world, out))
+    return out, report
+
+
+def test_store_and_report_are_consistent(full_run):
+    out, report = full_run
+    store = TrajectoryStore(out)
+    records = list(store.iter_records())
+    by_question = collections.Counter(r.question_id for r in records)
+    assert set(by_question) == {f"toy-{i}" for i in range(6)}
+    assert all(count == K * N for count in by_question.values())
+
+    # Caption reward is the mean outcome of its N trajectories; selection follows alpha and Keep-1.
+    outcomes = collections.defaultdict(list)
+    for r in records:
+        assert r.outcome_reward in (0.0, 1.0)
+        outcomes[(r.question_id, r.caption_index)].append(r.outcome_reward)
+        assert len(r.caption_logprobs) == r.caption_tokens and len(r.trajectory_logprobs) == r.trajectory_tokens
+        assert np.all(r.trajectory_raw_logprobs <= 0)
+    for r in records:
+        assert r.caption_reward == pytest.approx(np.mean(outcomes[(r.question_id, r.caption_index)]))
+    expected = selection.select(records, alpha=0.3, keep=1)
+    assert {selection.key_of(r) for r in records if r.selected} == expected
+    rewards = [r.outcome_reward for r in records]
+    assert 0 < sum(rewards) < len(rewards), "the toy reasoner should be right sometimes, not always"
+
+    counts = report.as_dict()["counts"]
+    assert counts["trajectories"] == len(records) and counts["trajectories_selected"] == len(expected)
+    assert counts["trajectories_correct"] == sum(rewards)
+    reasons = {(s["id"], s["reason"]) for s in report.skipped}
+    assert reasons == {("toy-missing", "bad_image"), ("toy-broken", "bad_image")}
+    assert os.path.exists(os.path.join(out, "report-000.json")) and os.path.exists(os.path.join(out, "manifest.json"))
+
+
+def test_rerun_skips_finished_shards(world, full_run):
+    out, first = full_run
+    again = behaviour.generate(config(world, out))
+    assert again.shards_written == 0 and again.shards_already_done == first.shards_written
+
+
+def test_killed_run_resumes_to_the_same_records(world, full_run, tmp_path, monkeypatch):
+    out = str(tmp_path / "resumed")
+    original = behaviour.BehaviourModel.run_shard
+    calls = []
+
+    def dies_on_second_shard(self, shard_id, questions, report):
+        calls.append(shard_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, shard_id, questions, report)
+
+    monkeypatch.setattr(behaviour.BehaviourModel, "run_shard", dies_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        behaviour.generate(config(world, out))
+    assert len(TrajectoryStore(out).finished_shards()) == 1
+    # what a kill during the write of a shard leaves behind
+    open(os.path.join(out, "shards", f".shard-{calls[1]:05d}.array_record.tmp.p0.1.ab12"), "wb").close()
+    monkeypatch.setattr(behaviour.BehaviourModel, "run_shard", original)
+    behaviour.generate(config(world, out))
+    assert snapshot(TrajectoryStore(out)) == snapshot(TrajectoryStore(full_run[0]))
+    assert not [f for f in os.listdir(os.path.join(out, "shards")) if ".tmp" in f]
+
+
+def test_select_command_reselects_without_regenerating(full_run, capsys):
+    out, _ = full_run
+    assert commands.select_main(["--store", out, "--alpha", "0.0", "--keep", "2"]) == 0
+    store = TrajectoryStore(out, clean_on_open=False)
+    records = list(store.iter_records())
+    expected = selection.select(records, alpha=0.0, keep=2)
+    chosen = store.read_selection("alpha0-keep2")
+    assert len(chosen.keys) == len(expected)
+    assert "selected" in capsys.readouterr().out
