@@ -13,7 +13,6 @@ are copied from the checkpoint directory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sophia_jax.checkpoint.errors import CheckpointError
-from sophia_jax.checkpoint.hf_source import asset_files, expected_hf_shapes, rules_for
+from sophia_jax.checkpoint.hf_source import asset_files, expected_hf_shapes, read_json, rules_for
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.safetensors_io import TensorSpec, plan_shards, write_shards
@@ -109,15 +108,6 @@ def _host(value: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(value))
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
 
 def export_hf(
     source: str | os.PathLike | nnx.Module,
@@ -148,7 +138,7 @@ def export_hf(
         assets = assets if assets is not None else reader.path
     out_dtype = np.dtype(dtype) if dtype is not None else stored
     assets = os.fspath(assets) if assets is not None else None
-    original = _read_json(os.path.join(assets, "config.json")) if assets else None
+    original = read_json(os.path.join(assets, "config.json")) if assets else None
     cfg = hf_config(config, original, out_dtype)
     rules = [rule for rule in rules_for(config) if rule.ours is not None]
     hf_shapes = expected_hf_shapes(rules, shapes)

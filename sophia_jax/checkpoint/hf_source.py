@@ -83,18 +83,22 @@ def rules_for(config: InternVLConfig | TextConfig) -> list[Rule]:
     return internvl_rules(config) if isinstance(config, InternVLConfig) else causal_lm_rules(config)
 
 
+def read_json(path: str) -> dict | None:
+    """A JSON file's content, None when the file does not exist; bad JSON names the file."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
 def token_id(directory: str, token: str) -> int | None:
     """The id of ``token`` from whichever tokenizer files exist (JSON only; no tokenizer class)."""
 
     def load(name):
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            return None
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        return read_json(os.path.join(directory, name))
 
     tok = load("tokenizer.json") or {}
     for entry in tok.get("added_tokens") or []:

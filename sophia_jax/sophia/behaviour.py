@@ -288,6 +288,7 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
         reasoner = load_role(cfg.reasoner, cfg, mesh, chat_templates.stop_token_ids)
         with VerifierPool(num_workers=cfg.verifier.workers, timeout=cfg.verifier.timeout) as verifier:
             behaviour = BehaviourModel(cfg, policy, reasoner, verifier)
+            loop_start = time.perf_counter()
             for i, shard_id in enumerate(todo):
                 start = time.perf_counter()
                 records = behaviour.run_shard(shard_id, by_shard[shard_id], report)
@@ -296,8 +297,10 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
                     "keep": cfg.selection.keep, "seconds": round(time.perf_counter() - start, 3),
                 })
                 report.shards_written += 1
-                logger.info("shard %d (%d/%d): %d trajectories in %.1fs", shard_id, i + 1, len(todo), len(records),
-                            time.perf_counter() - start)
+                elapsed = time.perf_counter() - loop_start
+                logger.info("shard %d done (%d/%d shards): %d trajectories in %.1fs; elapsed %.0fs, ETA %.0fs",
+                            shard_id, i + 1, len(todo), len(records), time.perf_counter() - start, elapsed,
+                            elapsed / (i + 1) * (len(todo) - i - 1))
     store.write_manifest()
     report.write(os.path.join(cfg.output_dir, f"report-{process_index:03d}.json"))
     return report
