@@ -13,3 +13,12 @@ def test_forward_runs_on_a_mesh(capsys):
 def test_unknown_command_lists_the_known_ones(capsys):
     assert cli.main(["frobnicate"]) == 2
     assert "demo" in capsys.readouterr().err
+
+
+def test_demo_runs_the_behaviour_model_end_to_end(tmp_path, capsys):
+    """The README's main command: toy world -> sophia-jax generate -> select."""
+    assert cli.main(["demo", "--dir", str(tmp_path), "--questions", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "questions: 5 read, 3 processed, 2 skipped {'bad_image': 2}" in out
+    assert "selection 'alpha0-keep2' written" in out
+    assert (tmp_path / "store" / "manifest.json").exists()

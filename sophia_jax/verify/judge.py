@@ -42,6 +42,10 @@ Design decisions (documented because they change rewards):
 * **Multiple choice.**  Letters are compared as letters; when the
   options are given, a prediction equal to the text of the correct
   option is also accepted.
+
+Why one file of ~640 lines: every comparison rule above decides rewards together (the order of
+the ladder and each rule's fallbacks interact), so they are kept where one read shows them all;
+parsing lives in ``normalize`` and ``sympy_bridge``.
 """
 
 from __future__ import annotations
