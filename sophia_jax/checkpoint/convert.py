@@ -16,10 +16,9 @@ import math
 import os
 import sys
 
-import jax
 import numpy as np
 
-from sophia_jax.checkpoint.errors import CheckpointError
+from sophia_jax.checkpoint.errors import run_command
 from sophia_jax.checkpoint.hf_source import iter_params, open_hf
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.store import GROUP_BYTES, CheckpointWriter, abstract_model, param_shapes
@@ -64,15 +63,6 @@ def convert_hf(
     return path
 
 
-def _host_only() -> None:
-    """Conversion needs no accelerator; keep JAX off a TPU that a training job may hold."""
-    if "JAX_PLATFORMS" not in os.environ:
-        try:
-            jax.config.update("jax_platforms", "cpu")
-        except Exception:  # backends already initialised by the caller: use what is there
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sophia-jax convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hf_dir", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
@@ -81,14 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    _host_only()
-    try:
-        path = convert_hf(args.hf_dir, args.out, dtype=args.dtype, overwrite=args.overwrite, progress=not args.quiet)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return run_command(lambda: convert_hf(args.hf_dir, args.out, dtype=args.dtype, overwrite=args.overwrite,
+                                          progress=not args.quiet))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import transformers
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sophia_jax.checkpoint.errors import CheckpointError
+from sophia_jax.checkpoint.errors import CheckpointError, run_command
 from sophia_jax.checkpoint.hf_source import asset_files, expected_hf_shapes, read_json, rules_for
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.checkpoint.progress import Progress
@@ -186,19 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    if "JAX_PLATFORMS" not in os.environ:  # export needs no accelerator
-        try:
-            jax.config.update("jax_platforms", "cpu")
-        except Exception:
-            pass
-    try:
-        path = export_hf(args.checkpoint, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30),
-                      overwrite=args.overwrite, progress=not args.quiet)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return run_command(lambda: export_hf(args.checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite,
+                                         max_shard_bytes=int(args.max_shard_gb * 2**30), progress=not args.quiet))
 
 
 if __name__ == "__main__":
