@@ -12,7 +12,8 @@ For each shard of questions (a stable hash of the question id picks the shard):
 6. write every trajectory (selected or not) to the store as one atomic shard.
 
 Finished shards are skipped on a rerun and a killed run loses at most the shard in flight.
-Each shard samples with a seed derived from (base seed, shard id), so a rerun reproduces it.
+Each shard samples with seeds derived from (role, the role's base seed, shard id), so a rerun
+reproduces it.
 Several hosts split the shards by process index; each host samples on a mesh of its own local
 devices with its own copy of both models, so hosts never wait on each other.
 """
@@ -96,8 +97,9 @@ def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
     return Role(_name(role_cfg), model, tokenizer, sampler, sampling)
 
 
-def shard_seed(base: int, shard_id: int) -> int:
-    digest = hashlib.sha256(f"{base}:{shard_id}".encode()).digest()
+def shard_seed(role: str, base: int, shard_id: int) -> int:
+    """The sampling seed of one role (policy or reasoner) for one shard: reruns reproduce it."""
+    digest = hashlib.sha256(f"{role}:{base}:{shard_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
@@ -123,12 +125,13 @@ class BehaviourModel:
     # -- one shard ------------------------------------------------------------------------------
 
     def run_shard(self, shard_id: int, questions: list[Question], report: Report) -> list[TrajectoryRecord]:
-        seed = shard_seed(self.cfg.policy.sampling.seed, shard_id)
         images = self._tile_images(questions, report)
         questions = [q for q in questions if image_key(q) in images]
-        captions = self._captions(questions, images, seed, report)
+        policy_seed = shard_seed("policy", self.cfg.policy.sampling.seed, shard_id)
+        captions = self._captions(questions, images, policy_seed, report)
         questions = [q for q in questions if image_key(q) in captions]
-        trajectories = self._reasoning(questions, captions, seed, report)
+        reasoner_seed = shard_seed("reasoner", self.cfg.reasoner.sampling.seed, shard_id)
+        trajectories = self._reasoning(questions, captions, reasoner_seed, report)
         return self._score_and_select(questions, captions, trajectories, report)
 
     def _tile_images(self, questions, report) -> dict[str, np.ndarray]:
@@ -136,15 +139,13 @@ class BehaviourModel:
         tiles, bad = {}, {}
         for q in questions:
             key = image_key(q)
-            if key in tiles:
-                continue
-            if key not in bad:
+            if key not in tiles and key not in bad:
                 try:
                     tiles[key] = q.image_ref.load(self.tiling)
-                    continue
                 except ImageError as e:
                     bad[key] = str(e)
-            report.skip("image", "bad_image", bad[key], q.id, q.source)
+            if key in bad:
+                report.skip("image", "bad_image", bad[key], q.id, q.source)
         report.stages["images"].seconds += time.perf_counter() - start
         report.stages["images"].items += len(tiles)
         return tiles
@@ -199,7 +200,7 @@ class BehaviourModel:
                 keys.append((q.id, k))
                 prompts.append(Prompt(tokens=ids))
         start = time.perf_counter()
-        results = self.reasoner.sampler.generate(prompts, dataclasses.replace(self.reasoner.sampling, seed=seed + 1))
+        results = self.reasoner.sampler.generate(prompts, dataclasses.replace(self.reasoner.sampling, seed=seed))
         stage = report.stages["reasoning"]
         stage.seconds += time.perf_counter() - start
         stage.items += len(prompts)

@@ -225,25 +225,31 @@ _OPENERS = "([{"
 _CLOSERS = ")]}"
 
 
-def split_top_level(s: str, seps: str = ",;") -> list[str]:
-    """Split ``s`` at separator characters that are not inside brackets.
+def _top_level(s: str, chars: str):
+    """Indices of the characters of ``chars`` in ``s`` that are not inside brackets.
 
     Any of ``( [ {`` opens and any of ``) ] }`` closes, without requiring
     the kinds to match, because half-open intervals ``[1, 2)`` mix them.
     """
-    parts = []
     depth = 0
-    start = 0
     for i, c in enumerate(s):
         if c in _OPENERS:
             depth += 1
         elif c in _CLOSERS:
             depth = max(depth - 1, 0)
-        elif c in seps and depth == 0:
-            parts.append(s[start:i])
-            start = i + 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts]
+        elif c in chars and depth == 0:
+            yield i
+
+
+def _cut(s: str, positions) -> list[str]:
+    """``s`` split at ``positions`` (the characters there are dropped), pieces stripped."""
+    bounds = [-1, *positions, len(s)]
+    return [s[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
+
+
+def split_top_level(s: str, seps: str = ",;") -> list[str]:
+    """Split ``s`` at separator characters that are not inside brackets."""
+    return _cut(s, _top_level(s, seps))
 
 
 def split_equation(s: str) -> list[str] | None:
@@ -252,25 +258,14 @@ def split_equation(s: str) -> list[str] | None:
     ``<=``, ``>=``, ``!=`` are not equations (and ``\\le`` etc. were
     already spelled as commands by :func:`clean_latex`).
     """
-    sides = []
-    depth = 0
-    start = 0
-    for i, c in enumerate(s):
-        if c in _OPENERS:
-            depth += 1
-        elif c in _CLOSERS:
-            depth = max(depth - 1, 0)
-        elif c == "=" and depth == 0:
-            prev = s[i - 1] if i else ""
-            nxt = s[i + 1] if i + 1 < len(s) else ""
-            if prev in "<>!=" or nxt == "=":
-                return None
-            sides.append(s[start:i].strip())
-            start = i + 1
-    if not sides:
-        return None
-    sides.append(s[start:].strip())
-    if any(not x for x in sides):
+    cuts = list(_top_level(s, "="))
+    for i in cuts:
+        prev = s[i - 1] if i else ""
+        nxt = s[i + 1] if i + 1 < len(s) else ""
+        if prev in "<>!=" or nxt == "=":
+            return None
+    sides = _cut(s, cuts)
+    if not cuts or any(not x for x in sides):
         return None
     return sides
 
