@@ -8,7 +8,7 @@ import pytest
 
 from sophia_jax.configs.loading import load
 from sophia_jax.sophia import behaviour, commands, selection, toy
-from sophia_jax.sophia.store import TrajectoryStore
+from sophia_jax.data.trajectory_store import TrajectoryStore
 
 K, N = 2, 3  # captions per image, trajectories per caption
 

@@ -40,9 +40,9 @@ from sophia_jax.models.config import RuntimeConfig
 from sophia_jax.sampling import Prompt, Sampler, SamplerConfig, SamplingParams
 from sophia_jax.sophia import selection
 from sophia_jax.sophia.prompts import Prompts
-from sophia_jax.sophia.records import TrajectoryRecord
+from sophia_jax.data.trajectory_record import TrajectoryRecord
 from sophia_jax.sophia.report import Report
-from sophia_jax.sophia.store import TrajectoryStore, shard_of, shards_for_host
+from sophia_jax.data.trajectory_store import TrajectoryStore, shard_of, shards_for_host
 from sophia_jax.verify import VerifierPool
 
 logger = logging.getLogger(__name__)

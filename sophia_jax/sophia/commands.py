@@ -38,7 +38,7 @@ def select_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from sophia_jax.sophia import selection
-    from sophia_jax.sophia.store import TrajectoryStore
+    from sophia_jax.data.trajectory_store import TrajectoryStore
 
     store = TrajectoryStore(args.store, clean_on_open=False)
     rows = list(store.iter_index())

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sophia_jax.sophia import selection
-from sophia_jax.sophia.records import RecordFormatError, TrajectoryRecord, decode, encode, record_key
-from sophia_jax.sophia.store import (
+from sophia_jax.data.trajectory_record import RecordFormatError, TrajectoryRecord, decode, encode, record_key
+from sophia_jax.data.trajectory_store import (
     DecodeRecord,
     ShardExistsError,
     StaleSelectionError,
@@ -188,7 +188,7 @@ def test_host_split_is_disjoint_and_covering():
 def test_shard_of_is_stable_across_processes():
     ids = ["q0", "geo/17", "图-3", "x" * 200]
     here = [shard_of(q, 64) for q in ids]
-    code = ("import json, sys; from sophia_jax.sophia.store import shard_of; "
+    code = ("import json, sys; from sophia_jax.data.trajectory_store import shard_of; "
             "print(json.dumps([shard_of(q, 64) for q in json.loads(sys.argv[1])]))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], env=env, capture_output=True,

@@ -49,7 +49,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
-from sophia_jax.sophia.records import FORMAT_VERSION, RecordKey, TrajectoryRecord, decode, encode, record_key
+from sophia_jax.data.trajectory_record import FORMAT_VERSION, RecordKey, TrajectoryRecord, decode, encode, record_key
 
 __all__ = [
     "DecodeRecord",
