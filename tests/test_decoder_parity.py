@@ -84,7 +84,7 @@ def test_fused_attention_and_remat_match_the_plain_path():
         return jax.value_and_grad(loss)(state)
 
     base_loss, base_grads = loss_and_grads(plain)
-    for runtime in (RuntimeConfig(attention="fused"), RuntimeConfig(remat=True)):
+    for runtime in (RuntimeConfig(attention="fused"), RuntimeConfig(remat=True), RuntimeConfig(remat="dots")):
         other = CausalLM(plain.config, runtime, rngs=nnx.Rngs(0))
         assign_params(other, weights)
         np.testing.assert_allclose(np.asarray(other(ids, mask)), np.asarray(plain(ids, mask)), atol=1e-5)

@@ -102,7 +102,17 @@ class RuntimeConfig:
     dtype: str = "float32"  # activations / compute
     param_dtype: str = "float32"  # stored weights
     attention: Literal["xla", "fused"] = "xla"  # fused = jax.nn.dot_product_attention
-    remat: bool = False  # rematerialise each decoder layer in the backward pass
+    # Rematerialise each decoder layer in the backward pass: False / "none", True / "full" (keep
+    # only layer inputs), or "dots" (also keep matmul outputs without batch dims: less recompute,
+    # more memory).
+    remat: bool | str = False
+
+    @property
+    def remat_policy(self) -> str:
+        policy = {False: "none", True: "full"}.get(self.remat, self.remat)
+        if policy not in ("none", "full", "dots"):
+            raise ValueError(f"unknown remat policy {self.remat!r}; expected 'none', 'full' or 'dots'")
+        return policy
 
     @property
     def compute_dtype(self):

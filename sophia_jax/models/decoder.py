@@ -26,6 +26,9 @@ from sophia_jax.models import layers
 from sophia_jax.models.config import RuntimeConfig, TextConfig
 
 
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class LayerCache(NamedTuple):
     k: jax.Array  # [B, S, K, H]
     v: jax.Array  # [B, S, K, H]
@@ -138,6 +141,17 @@ class CausalLM(nnx.Module):
         self.norm = layers.RMSNorm(d, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else layers.param(rngs, (d, vp), ("embed", "vocab"), pdt)
 
+    @property
+    def text_model(self) -> "CausalLM":
+        """The decoder LM (itself); InternVL answers the same question with its language model."""
+        return self
+
+    def embed_rows(self, input_ids: jax.Array, pixel_values=None, tile_mask=None) -> jax.Array:
+        """Token embeddings [B, L, D]; a text model takes no images (the InternVL signature)."""
+        if pixel_values is not None:
+            raise ValueError("a text-only model takes no pixel_values")
+        return self.embed_tokens(input_ids)
+
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         """int[B, L] -> [B, L, D] in the compute dtype."""
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.runtime.compute_dtype)
@@ -150,11 +164,14 @@ class CausalLM(nnx.Module):
         kv_mask: jax.Array,
         cache: list[LayerCache] | None = None,
         cache_index: jax.Array | int = 0,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, list[LayerCache] | None]:
         """Runs the decoder stack; returns final-normed hidden states [B, T, D] and the cache.
 
         embeds: [B, T, D]; positions: int[B, T] (RoPE positions); kv_mask: bool[B, S] marks
         real (non-padding) key slots, with S = T without a cache or the cache length with one.
+        segment_ids: optional int[B, T] (no cache) for packed rows: a token attends only to
+        earlier tokens of its own segment, so packed examples never see each other.
         """
         c = self.config
         t = embeds.shape[1]
@@ -162,26 +179,32 @@ class CausalLM(nnx.Module):
         q_slots = cache_index + jnp.arange(t) if cache is not None else jnp.arange(t)
         causal = jnp.arange(s)[None, :] <= q_slots[:, None]  # [T, S]
         mask = causal[None, :, :] & kv_mask[:, None, :].astype(bool)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids are for full-sequence passes, not cached decoding")
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         cos, sin = layers.rope_tables(positions, c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         x = embeds
         new_cache = [] if cache is not None else None
+        policy = self.runtime.remat_policy
         for i, layer in enumerate(self.layers):
             layer_cache = cache[i] if cache is not None else None
-            if self.runtime.remat:
-                x, layer_cache = nnx.remat(DecoderLayer.__call__)(layer, x, cos, sin, mask, layer_cache, cache_index)
+            if policy != "none":
+                x, layer_cache = nnx.remat(DecoderLayer.__call__, policy=_REMAT_POLICIES[policy])(
+                    layer, x, cos, sin, mask, layer_cache, cache_index)
             else:
                 x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index)
             if new_cache is not None:
                 new_cache.append(layer_cache)
         return self.norm(x), new_cache
 
+    def head(self) -> jax.Array:
+        """The output projection [D, V_padded]: the LM head, or the embedding when tied."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
     def logits(self, hidden: jax.Array, padded: bool = False) -> jax.Array:
         """[B, T, D] -> float32[B, T, V] (or [B, T, V_padded] with -inf padding rows)."""
-        if self.lm_head is None:
-            head = self.embed[...].T
-        else:
-            head = self.lm_head[...]
-        logits = (hidden @ head.astype(hidden.dtype)).astype(jnp.float32)
+        logits = (hidden @ self.head().astype(hidden.dtype)).astype(jnp.float32)
         logits = sharding.constrain(logits, ("batch", "length", "vocab"))
         vocab = self.config.vocab_size
         if padded:

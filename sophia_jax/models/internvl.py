@@ -116,6 +116,30 @@ class InternVL(nnx.Module):
         features = features.reshape(-1, features.shape[-1])
         return merge_image_features(embeds, input_ids, features, self.config.image_token_id)
 
+    @property
+    def text_model(self) -> CausalLM:
+        return self.language_model
+
+    def embed_rows(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+                   tile_mask: jax.Array | None = None) -> jax.Array:
+        """Embeddings with image features merged row by row: [B, L, D].
+
+        For packed training rows, where each row owns a tile budget: pixel_values
+        float[B, R, C, H, W], tile_mask bool[B, R] (a row's real tiles first). The i-th image
+        token of row b takes the i-th feature of row b's tiles, so rows shard independently
+        over the batch axis and padding tiles never shift another row's features.
+        """
+        embeds = self.language_model.embed_tokens(input_ids)
+        if pixel_values is None:
+            return embeds
+        b, r = tile_mask.shape
+        features = self.image_features(pixel_values.reshape(b * r, *pixel_values.shape[2:]), tile_mask.reshape(-1))
+        features = features.reshape(b, r * features.shape[1], features.shape[-1]).astype(embeds.dtype)
+        is_image = input_ids == self.config.image_token_id
+        index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+        placed = jnp.take_along_axis(features, index[:, :, None], axis=1)
+        return sharding.constrain(jnp.where(is_image[:, :, None], placed, embeds), ("batch", "length", "embed"))
+
     def hidden_states(
         self,
         embeds: jax.Array,
@@ -123,9 +147,10 @@ class InternVL(nnx.Module):
         kv_mask: jax.Array,
         cache: list[LayerCache] | None = None,
         cache_index: jax.Array | int = 0,
+        segment_ids: jax.Array | None = None,
     ):
         """See ``CausalLM.hidden_states``."""
-        return self.language_model.hidden_states(embeds, positions, kv_mask, cache, cache_index)
+        return self.language_model.hidden_states(embeds, positions, kv_mask, cache, cache_index, segment_ids)
 
     def logits(self, hidden: jax.Array, padded: bool = False) -> jax.Array:
         return self.language_model.logits(hidden, padded)
