@@ -49,6 +49,8 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
     d.seed = 0  # shuffling and mixing seed; the same seed gives the same batches on every host
     d.num_epochs = 1  # passes over the first present source; the others follow their weights
     d.shuffle = True  # False keeps source order (for debugging)
-    d.prefetch_threads = 2  # Grain threads that build batches ahead of the train step
+    # Grain threads that build batches ahead of the train step. One by default: the policy's
+    # tokenizer (a Rust tokenizers object) is shared by them.
+    d.prefetch_threads = 1
     d.prefetch_batches = 2  # batches built ahead
     return d

@@ -102,6 +102,7 @@ class TrainingPipeline:
                                       reasoner_tokenizer_is_policy=bool(cfg.reasoner_tokenizer_is_policy))
         self.sources, self.weights = self._open_sources(cfg)
         self.skipped: list[Skip] = [s for src in self.sources if src is not None for s in getattr(src, "skipped", [])]
+        self._tiles_of: dict[str, int | ImageError] = {}
         self.entries = self._scan()  # per source: [(item index, length, tiles)]
         self.rows = self._plan()  # rows of (source, item index)
         n = len(self.rows)
@@ -138,10 +139,24 @@ class TrainingPipeline:
         return self.sources[s].item(i)
 
     def _num_tiles(self, item: Item) -> int:
+        """Tiles of the item's image; a full decode, so a corrupt image is found now, not mid-training.
+
+        Cached per image: a store holds K x N trajectories of every image.
+        """
         if item.image is None:
             return 0
-        image = item.image.open()  # full decode: a corrupt image is found now, not mid-training
-        return num_tiles_for_size(image.width, image.height, self.tiling)
+        ref = item.image
+        key = str(ref.path) if ref.path is not None else hashlib.sha256(ref.data).hexdigest()
+        if key not in self._tiles_of:
+            try:
+                image = ref.open()
+                self._tiles_of[key] = num_tiles_for_size(image.width, image.height, self.tiling)
+            except ImageError as e:
+                self._tiles_of[key] = e
+        found = self._tiles_of[key]
+        if isinstance(found, ImageError):
+            raise found
+        return found
 
     def _scan(self) -> list[list[tuple[int, int, int]]]:
         """Tokenise every item once; keep (index, length, tiles) of the usable ones."""
