@@ -239,3 +239,34 @@ def test_bad_stores_raise_one_clear_error(tmp_path, store):
         pipeline(data_cfg(str(tmp_path / "unselected"), selection="edited"))
     with pytest.raises(DataError, match="multiple of the process count"):
         pipeline(data_cfg(store), rows=3, count=2)
+
+
+def test_vqa_only_from_parquet_in_the_rlaif_v_layout(tmp_path):
+    """The warm-up shape: no store, RLAIF-V parquet (image {bytes, path}, question, chosen, rejected)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    png = open(write_image(tmp_path / "a.png", (120, 60)), "rb").read()
+    pq.write_table(pa.table({
+        "image": [{"bytes": png, "path": "a.png"}] * 3,
+        "question": ["describe this image", "what is this ?", "is the sky blue ?"],
+        "chosen": ["a red cat", "a dog", "the sky is blue"], "rejected": ["no", "no", "no"],
+    }), tmp_path / "rlaif.parquet")
+    cfg = data_cfg("", vqa_sources=[extra_source(str(tmp_path / "rlaif.parquet"), 1.0, response="chosen")],
+                   tiles_per_row=9)
+    p = pipeline(cfg, rows=1)
+    (arrays, meta), = list(p)
+    assert [name for _, name in meta[0]] == ["vqa:rlaif.parquet"] * 3
+    weighted = arrays["loss_weights"][0] > 0
+    text = TOK.decode(arrays["targets"][0][weighted].tolist())
+    assert sorted(text.split("<|im_end|>")[:-1]) == ["a dog", "a red cat", "the sky is blue"]
+    assert arrays["tile_mask"][0].sum() == 9 and np.all(arrays["source"][0][arrays["segment_ids"][0] > 0] == 1)
+
+
+def test_stale_selection_is_a_clear_error(tmp_path):
+    s = TrajectoryStore(tmp_path / "s")
+    s.write_shard(0, [record("q", "x.png", "so 3")])
+    s.write_selection("mine", [(0, 0)])
+    s.write_shard(0, [record("q", "x.png", "so 4")], overwrite=True)
+    with pytest.raises(DataError, match="rewritten"):
+        pipeline(data_cfg(str(tmp_path / "s"), selection="mine"))
