@@ -1,7 +1,6 @@
 """The training pipeline: example layout, packing, determinism, host slices, exact resume, bad input."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -156,8 +155,9 @@ def test_host_slices_are_disjoint_and_cover_the_global_batch(store):
             assert joined.tobytes() == arrays[k].tobytes(), k
 
 
-def test_resume_continues_with_exactly_the_next_batch(store):
-    cfg = data_cfg(store, num_epochs=3)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_resume_continues_with_exactly_the_next_batch(store, threads):
+    cfg = data_cfg(store, num_epochs=3, prefetch_threads=threads, prefetch_batches=4)
     uninterrupted = all_batches(pipeline(cfg))
     assert len(uninterrupted) >= 5
     first = pipeline(cfg)
