@@ -147,3 +147,45 @@ def test_sigkill_at_an_arbitrary_moment_then_resume(world, full_run, tmp_path):
     behaviour.generate(config(world, out))
     assert snapshot(TrajectoryStore(out)) == snapshot(TrajectoryStore(reference))
     assert not [f for f in os.listdir(shard_dir) if ".tmp" in f]
+
+
+def test_keep_n_length_is_the_policy_tokenizers_count(world, full_run):
+    """Gap (b) of issue 9: the stored Keep-N length, checked against the policy tokenizer itself."""
+    import transformers
+
+    policy_tok = transformers.AutoTokenizer.from_pretrained(world.policy)
+    records = list(TrajectoryStore(full_run[0]).iter_records())
+    for r in records:
+        policy_len = len(policy_tok(r.trajectory, add_special_tokens=False)["input_ids"])
+        assert r.trajectory_policy_tokens == policy_len, (r.question_id, r.caption_index, r.trajectory_index)
+    # The reasoner's count (its sampled tokens, stop token included) differs for some records, so
+    # storing it instead would fail the check above.
+    assert any(r.trajectory_tokens != r.trajectory_policy_tokens for r in records)
+
+
+def test_training_pipeline_reads_the_generated_store(world, full_run):
+    """The training data pipeline over what generate wrote: every selected, usable record once."""
+    import transformers
+
+    from sophia_jax import checkpoint
+    from sophia_jax.configs.train_data import get_data_config
+    from sophia_jax.data.training_pipeline import TrainingPipeline
+
+    out = full_run[0]
+    tok = transformers.AutoTokenizer.from_pretrained(world.policy)
+    model_config = checkpoint.load(world.policy).config
+    cfg = get_data_config(runlocal=True)
+    cfg.store = out
+    p = TrainingPipeline(cfg, global_batch_rows=2, tokenizer=tok, tokens_per_tile=model_config.tokens_per_tile,
+                         image_token_id=model_config.image_token_id, tile_size=model_config.vision.image_size)
+    selected = {f"{r.question_id}/{r.caption_index}/{r.trajectory_index}"
+                for r in TrajectoryStore(out).iter_records() if r.selected}
+    assert selected
+    seen = []
+    for arrays, meta in p:
+        seen += [rid for row in meta for rid, _ in row]
+        assert np.array_equal((arrays["input_ids"] == model_config.image_token_id).sum(axis=1),
+                              arrays["tile_mask"].sum(axis=1) * model_config.tokens_per_tile)
+    skipped = {s["id"] for s in p.report()["skipped"]}
+    assert sorted(seen) == sorted(selected - skipped) and len(seen) == p.report()["examples"] > 0
+    assert len(seen) + len(skipped) == len(selected)

@@ -65,3 +65,16 @@ def test_bad_arguments():
         select([], keep=0)
     with pytest.raises(ValueError, match="duplicate"):
         select(table("q", [[1]]) * 2)
+
+
+def test_keep_two_tie_break_order_caption_before_trajectory():
+    # All four tie on length. Caption-then-trajectory keeps (0,0),(0,1); the reversed key order
+    # (trajectory first) would keep (0,0),(1,0), and an unstable or reversed sort something else.
+    rows = table("q", [[1, 1], [1, 1]], [[5, 5], [5, 5]])
+    assert select(rows, alpha=0.5, keep=2) == {("q", 0, 0), ("q", 0, 1)}
+    # Input order must not matter either.
+    assert select(list(reversed(rows)), alpha=0.5, keep=2) == {("q", 0, 0), ("q", 0, 1)}
+    # Length still comes first: a longer trajectory of caption 0 loses to caption 1's short ones.
+    rows = table("q", [[1, 1, 1], [1, 1, 1]], [[5, 9, 9], [5, 5, 9]])
+    assert select(rows, alpha=0.5, keep=3) == {("q", 0, 0), ("q", 1, 0), ("q", 1, 1)}
+    assert select(rows, alpha=0.5, keep=4) == {("q", 0, 0), ("q", 1, 0), ("q", 1, 1), ("q", 0, 1)}

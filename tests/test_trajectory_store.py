@@ -230,3 +230,44 @@ def test_selection_index_round_trip(tmp_path):
     store.write_shard(keys[0][0], records[keys[0][0]][::-1], overwrite=True)
     with pytest.raises(StaleSelectionError):
         store.read_selection("alpha0.25-keep1")
+
+
+@pytest.mark.parametrize("failing", ["replace", "rename", "unlink"])
+def test_overwrite_interrupted_at_every_step_leaves_old_new_or_unfinished(tmp_path, monkeypatch, failing):
+    # Old and new records have the same byte size, so only the marker/data pairing can tell them apart.
+    old = [make_record("a", 0, n, trajectory="old text", seed=n) for n in range(3)]
+    new = [make_record("a", 0, n, trajectory="new text", seed=10 + n) for n in range(3)]
+    assert [len(encode(r)) for r in old] == [len(encode(r)) for r in new]
+    real = getattr(os, failing)
+    outcomes = set()
+    for step in range(10):
+        root = tmp_path / f"{failing}-{step}"
+        TrajectoryStore(root).write_shard(0, old)
+        calls = []
+
+        def flaky(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == step + 1:
+                raise OSError(f"simulated crash at {failing} call {step}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(os, failing, flaky)
+        try:
+            TrajectoryStore(root, clean_on_open=False).write_shard(0, new, overwrite=True)
+            crashed = False
+        except OSError:
+            crashed = True
+        finally:
+            monkeypatch.setattr(os, failing, real)
+        reopened = TrajectoryStore(root)  # what the next run sees, after its cleanup
+        if 0 in reopened.finished_shards():
+            reopened.verify_shard(0)
+            got = list(reopened.iter_records())
+            assert got in (old, new), f"{failing} #{step}: a finished shard with mixed records"
+            outcomes.add("old" if got == old else "new")
+        else:
+            outcomes.add("unfinished")
+        if not crashed:
+            break
+    assert crashed is False, "the overwrite never ran to completion"
+    assert "new" in outcomes
