@@ -15,6 +15,8 @@ COMMANDS = {
     "forward": ("sophia_jax.forward:main", "one jitted forward pass of a model preset: shapes and timing"),
     "generate": ("sophia_jax.sophia.commands:generate_main", "SOPHIA behaviour model: captions, reasoning, rewards, store"),
     "select": ("sophia_jax.sophia.commands:select_main", "re-select stored trajectories with another alpha / Keep-N"),
+    "train": ("sophia_jax.training.commands:train_main", "SOPHIA policy update on a trajectory store (resumable)"),
+    "warmup": ("sophia_jax.training.commands:warmup_main", "warm-up fine-tuning of the policy on general VQA data"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
     "export": ("sophia_jax.checkpoint.export:main", "Orbax checkpoint -> Hugging Face (transformers-native)"),
 }

@@ -113,9 +113,9 @@ def train_step(state: TrainState, frozen: nnx.State, batch: dict, *, graphdef, c
 # Shardings and compilation
 
 
-def batch_sharding(mesh, ndim: int) -> NamedSharding:
-    """[A, B, ...]: rows split over the data-parallel axes, the micro-batch axis whole."""
-    spec = sharding.logical_to_spec((None, "batch") + (None,) * (ndim - 2), None, mesh)
+def batch_sharding(mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """[A, B, ...]: rows split over the data-parallel axes (those that divide B), A whole."""
+    spec = sharding.logical_to_spec((None, "batch") + (None,) * (len(shape) - 2), shape, mesh)
     return NamedSharding(mesh, spec)
 
 
@@ -145,34 +145,35 @@ class TrainProgram:
         # What a checkpoint restores into: this run's shapes with this run's shardings.
         self.abstract_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                                            abstract, self.state_shardings)
-        self._step = None
+        self._steps = {}  # batch shapes -> jitted step
 
     def init(self, params: nnx.State) -> TrainState:
         return jax.jit(lambda p: init_state(p, self.config), out_shardings=self.state_shardings)(params)
 
-    def jitted(self, batch_ndims: dict):
-        """The jitted step; ``batch_ndims`` maps each batch key to its rank (with the A axis)."""
-        if self._step is None:
-            batch_sh = {k: batch_sharding(self.mesh, n) for k, n in batch_ndims.items()}
+    def jitted(self, batch_shapes: dict):
+        """The jitted step for batches of ``batch_shapes`` (each key's global shape, with the A axis)."""
+        key = tuple(sorted((k, tuple(v)) for k, v in batch_shapes.items()))
+        if key not in self._steps:
+            batch_sh = {k: batch_sharding(self.mesh, shape) for k, shape in batch_shapes.items()}
 
             def step(state, frozen, batch):
                 with sharding.use_mesh(self.mesh):  # activation constraints refer to this mesh while tracing
                     return train_step(state, frozen, batch, graphdef=self.graphdef, config=self.config)
 
-            self._step = jax.jit(step, in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
-                                 out_shardings=(self.state_shardings, None), donate_argnums=0)
-        return self._step
+            self._steps[key] = jax.jit(step, in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
+                                       out_shardings=(self.state_shardings, None), donate_argnums=0)
+        return self._steps[key]
 
     def __call__(self, state: TrainState, frozen: nnx.State, batch: dict):
         """One update; ``batch`` holds global arrays [A, B, ...] (see ``global_batch``)."""
-        return self.jitted({k: v.ndim for k, v in batch.items()})(state, frozen, batch)
+        return self.jitted({k: v.shape for k, v in batch.items()})(state, frozen, batch)
 
     def global_batch(self, local: dict, micro_rows: int) -> dict:
         """This host's [A, b, ...] numpy arrays -> global [A, micro_rows, ...] arrays."""
         out = {}
         for name, value in local.items():
             shape = (value.shape[0], micro_rows) + value.shape[2:]
-            out[name] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, value.ndim), value, shape)
+            out[name] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, shape), value, shape)
         return out
 
 
