@@ -271,3 +271,21 @@ def test_overwrite_interrupted_at_every_step_leaves_old_new_or_unfinished(tmp_pa
             break
     assert crashed is False, "the overwrite never ran to completion"
     assert "new" in outcomes
+
+
+def test_overwrite_is_seen_even_where_mtime_is_coarse(tmp_path):
+    # Same-size records and a marker whose mtime equals the old one (1-second or coarser clocks:
+    # network and FUSE file systems): the open store must still see the new marker, not its cache.
+    old = [make_record("a", 0, n, trajectory="old text", seed=n) for n in range(2)]
+    new = [make_record("a", 0, n, trajectory="new text", seed=10 + n) for n in range(2)]
+    store = TrajectoryStore(tmp_path)
+    store.write_shard(0, old)
+    before = store.marker(0)
+    st = store.marker_path(0).stat()
+    store.write_shard(0, new, overwrite=True)
+    os.utime(store.marker_path(0), ns=(st.st_atime_ns, st.st_mtime_ns))
+    reader = TrajectoryStore(tmp_path, clean_on_open=False)
+    assert reader.marker(0)["sha256"] != before["sha256"]
+    assert store.marker(0)["sha256"] == reader.marker(0)["sha256"]
+    store.verify_shard(0)
+    assert list(store.iter_records()) == new

@@ -35,6 +35,7 @@ so none is added; this is the method's training default (section 7 item 13).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -282,10 +283,15 @@ class ExampleBuilder:
             return self.prompts.training_system_prompt(item.response)
         return self.prompts.long_cot_system if self.rule == "long_cot" else self.prompts.default_system
 
+    @functools.lru_cache(maxsize=4096)  # a store repeats each question K x N times, in a row
+    def _prompt_ids(self, system: str, question: str, num_tiles: int) -> tuple[int, ...]:
+        return tuple(chat_templates.internvl_prompt_ids(
+            self.tokenizer, question, num_tiles=[num_tiles] if num_tiles else [],
+            tokens_per_tile=self.tokens_per_tile, system_message=system))
+
     def tokens(self, item: Item, num_tiles: int) -> TokenizedExample:
-        prompt = chat_templates.internvl_prompt_ids(
-            self.tokenizer, item.question, num_tiles=[num_tiles] if item.image is not None else [],
-            tokens_per_tile=self.tokens_per_tile, system_message=self.system_prompt(item))
+        prompt = list(self._prompt_ids(self.system_prompt(item), item.question,
+                                       num_tiles if item.image is not None else 0))
         response = list(self.tokenizer(item.response, add_special_tokens=False)["input_ids"])
         ids = np.asarray(prompt + response + [self.im_end], dtype=np.int32)
         p, n = len(prompt), len(response)

@@ -194,7 +194,7 @@ class TrajectoryStore:
         self.root = Path(root)
         self.process_index = process_index
         self.process_count = process_count
-        self._markers: dict[int, tuple[tuple[int, int], dict]] = {}  # id -> (stat key, marker)
+        self._markers: dict[int, tuple[tuple[int, ...], dict]] = {}  # id -> (stat key, marker)
         if clean_on_open:
             self.cleanup()
 
@@ -250,7 +250,8 @@ class TrajectoryStore:
             data_size = self.data_path(shard_id).stat().st_size
         except FileNotFoundError:
             return None
-        stat_key = (st.st_mtime_ns, st.st_size)
+        # The inode changes with every replace; mtime alone can repeat (coarse clocks) and size too.
+        stat_key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         cached = self._markers.get(shard_id)
         if cached is None or cached[0] != stat_key:
             try:
@@ -334,6 +335,7 @@ class TrajectoryStore:
             raise ShardExistsError(f"shard {shard_id} is already finished in {self.root}; "
                                    "pass overwrite=True to replace it")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self._markers.pop(shard_id, None)
         if self.marker_path(shard_id).exists():  # unfinish first, so a kill cannot pair old marker and new data
             self.marker_path(shard_id).unlink()
             _fsync_dir(self.shard_dir)
