@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,22 @@ def test_warmup_is_the_same_trainer_on_vqa_records(world, tmp_path):
                                             f"--config.model.checkpoint={world['policy']}", "--config.log.progress=False"]))
     assert report.steps == 8 and report.data["examples_by_source"] == {f"vqa:{data.name}": report.data["examples"]}
     assert checkpoint.is_checkpoint(out / "final")
+
+
+def test_resume_onto_another_mesh_shape(world, reference, tmp_path):
+    """Checkpoints restore into the new mesh's shardings; the run then continues as before."""
+    out = tmp_path / "remeshed"
+    shutil.copytree(reference[0] / "checkpoints", out / "checkpoints")
+    for step in _finished_checkpoints(out):
+        if step > 6:
+            shutil.rmtree(out / "checkpoints" / str(step))
+    truncated = [line for line in _examples(reference[0]) if line["step"] <= 6]
+    with open(out / "examples-0.jsonl", "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in truncated)
+    report = train(load("train:runlocal", _args(world, out) + [
+        "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]))
+    assert report.resumed_from == 6 and report.steps == 8
+    want, got = _flat(reference[0] / "final"), _flat(out / "final")
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+    assert _examples(out) == _examples(reference[0])
