@@ -24,7 +24,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.output_dir = ""  # checkpoints/, final/, metrics.jsonl, tensorboard/ go here (required)
 
     cfg.model = ml_collections.ConfigDict()
-    cfg.model.checkpoint = ""  # the policy: our checkpoint or a Hugging Face InternVL directory (required)
+    # The policy: our checkpoint or a Hugging Face InternVL directory ('' = the one that wrote the
+    # store's captions, as generate recorded it).
+    cfg.model.checkpoint = ""
     cfg.model.dtype = "float32" if runlocal else "bfloat16"  # compute dtype
     cfg.model.param_dtype = "float32"  # master weights and optimizer state
     cfg.model.attention = "xla"  # xla | fused

@@ -295,6 +295,8 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
                 records = behaviour.run_shard(shard_id, by_shard[shard_id], report)
                 store.write_shard(shard_id, records, meta={
                     "policy": policy.name, "reasoner": reasoner.name, "alpha": cfg.selection.alpha,
+                    # lets `sophia-jax train` find the policy that wrote the captions by itself
+                    "policy_checkpoint": os.path.abspath(cfg.policy.checkpoint),
                     "keep": cfg.selection.keep, "seconds": round(time.perf_counter() - start, 3),
                 })
                 report.shards_written += 1

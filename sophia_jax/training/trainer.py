@@ -104,6 +104,22 @@ def _stack(batches: list[dict]) -> dict:
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+def _policy_of_store(store: str) -> str:
+    """The policy checkpoint a trajectory store's captions came from (recorded by generate)."""
+    from sophia_jax.data.trajectory_store import TrajectoryStore
+
+    if not store:
+        raise UserError("model.checkpoint is required (--config.model.checkpoint=CKPT)")
+    ts = TrajectoryStore(store, clean_on_open=False)
+    paths = {(ts.marker(s) or {}).get("meta", {}).get("policy_checkpoint") for s in ts.finished_shards()}
+    if len(paths) != 1 or None in paths or not os.path.isdir(next(iter(paths))):
+        raise UserError(f"model.checkpoint is not set and the store {store} does not name one existing policy "
+                        f"checkpoint (found {sorted(map(str, paths))}); pass --config.model.checkpoint=CKPT")
+    path = next(iter(paths))
+    log.info("policy checkpoint from the store: %s", path)
+    return path
+
+
 def plan(cfg, micro_batches: int) -> tuple[int, int]:
     """(accumulation steps A, total optimizer steps) from the config and the data size."""
     t = cfg.train
@@ -128,12 +144,11 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
 
     if not cfg.output_dir:
         raise UserError("output_dir is required (--config.output_dir=DIR)")
-    if not cfg.model.checkpoint:
-        raise UserError("model.checkpoint is required (--config.model.checkpoint=CKPT)")
+    policy_checkpoint = cfg.model.checkpoint or _policy_of_store(cfg.data.store)
     os.makedirs(cfg.output_dir, exist_ok=True)
     mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh))
-    model = checkpoint.load(cfg.model.checkpoint, mesh, runtime=_runtime(cfg))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.model.checkpoint)
+    model = checkpoint.load(policy_checkpoint, mesh, runtime=_runtime(cfg))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(policy_checkpoint)
     model_config = model.config
     graphdef, params, frozen = step_lib.split_model(model, trainable_filter(cfg.train.trainable))
     del model
@@ -221,7 +236,7 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
     report.data = pipeline.report()
     if not report.preempted:
         final = nnx.merge(graphdef, state.params, frozen)
-        report.final = checkpoint.save(final, final_dir, assets=cfg.model.checkpoint, overwrite=True)
+        report.final = checkpoint.save(final, final_dir, assets=policy_checkpoint, overwrite=True)
     if jax.process_index() == 0:
         with open(os.path.join(cfg.output_dir, "train_report.json"), "w") as f:
             json.dump(dataclasses.asdict(report), f, indent=1, sort_keys=True)
