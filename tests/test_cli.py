@@ -80,8 +80,10 @@ EXTRA = {"convert": ["--config.out=/tmp/never-written"], "export": ["--config.ou
 @pytest.mark.parametrize("command,arg,names", [(c, a, n) for c, cases in CASES.items() for a, n in cases])
 def test_user_errors_are_one_line_and_exit_2(command, arg, names, capsys):
     argv = [command, *EXTRA.get(command, []), arg]
-    if command == "export" and "max_shard_gb" in arg:
-        argv.insert(1, "--config.checkpoint=.")  # the value is checked before the checkpoint is read
+    required = {("export", "max_shard_gb"): "--config.checkpoint=.", ("select", "selection.keep"): "--config.store=.",
+                ("convert", "dtype"): "--config.hf_dir=/nonexistent/hf"}  # the value is checked before the path
+    if (command, names) in required:
+        argv.insert(1, required[command, names])
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"sophia-jax {command}: error: ") and err.count("\n") == 1, err
