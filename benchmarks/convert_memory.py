@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
           f"safetensors files, written in {seconds:.0f} s", flush=True)
     baseline = run_child("baseline")[0]["PEAK_RSS"]
     print(f"process baseline (imports only): peak RSS {baseline / GiB:.2f} GiB", flush=True)
-    numbers, seconds = run_child("convert", "--hf_dir", hf_dir, "--out", ckpt, "--quiet")
+    numbers, seconds = run_child("convert", f"--config.hf_dir={hf_dir}", f"--config.out={ckpt}", "--config.progress=False")
     report("convert", size, numbers["PEAK_RSS"], seconds, baseline)
     if not args.no_export:
-        numbers, seconds = run_child("export", "--checkpoint", ckpt, "--out", out, "--quiet",
-                                     "--max_shard_gb", str(args.shard_gb))
+        numbers, seconds = run_child("export", f"--config.checkpoint={ckpt}", f"--config.out={out}",
+                                     "--config.progress=False", f"--config.max_shard_gb={args.shard_gb}")
         report("export", size, numbers["PEAK_RSS"], seconds, baseline)
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)

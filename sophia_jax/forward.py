@@ -1,13 +1,13 @@
 """``sophia-jax forward``: builds a model preset, runs one jitted forward pass, prints shapes and times.
 
-The default is the tiny preset on whatever devices JAX sees, so it runs on a laptop CPU. The
+Settings are the ``forward`` config (``sophia_jax/configs/forward.py``; ``--show-config`` lists
+them). The default is the tiny preset on whatever devices JAX sees, so it runs on a laptop CPU. The
 batch mixes an image of several tiles, a one-tile image and a text-only row, padded to a fixed
 tile budget, which exercises every part of the InternVL forward.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -17,24 +17,14 @@ from flax import nnx
 
 from sophia_jax import sharding
 from sophia_jax.configs import models
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="sophia-jax forward", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny", help=f"model preset, one of {sorted(models.PRESETS)}")
-    p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 = remaining devices)")
-    p.add_argument("--seq", type=int, default=64, help="tokens per row")
-    p.add_argument("--dtype", default="float32", help="compute dtype (float32 or bfloat16)")
-    p.add_argument("--attention", default="xla", choices=["xla", "fused"])
-    p.add_argument("--steps", type=int, default=3, help="timed forward passes after compilation")
-    return p.parse_args(argv)
+from sophia_jax.configs.loading import ConfigFileError, command_config
 
 
 def demo_batch(cfg, seq: int, tile_budget: int = 4):
     """input_ids [3, seq] with a 2-tile image, a 1-tile image and a text-only row."""
     tokens = cfg.tokens_per_tile
     if seq < 3 * tokens + 4:
-        raise SystemExit(f"--seq must be at least {3 * tokens + 4} for this preset")
+        raise ConfigFileError(f"config field 'seq' must be at least {3 * tokens + 4} for this preset, got {seq}")
     rng = np.random.default_rng(0)
     ids = rng.integers(1, min(cfg.text.vocab_size, cfg.image_token_id), size=(3, seq)).astype(np.int32)
     ids[0, 1 : 1 + 2 * tokens] = cfg.image_token_id
@@ -48,15 +38,30 @@ def demo_batch(cfg, seq: int, tile_budget: int = 4):
     return ids, mask, pixels, tile_mask
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def check(cfg) -> None:
+    """Names the config field of a value the forward pass cannot take."""
+    if cfg.preset not in models.PRESETS:
+        raise ConfigFileError(f"config field 'preset': unknown model preset {cfg.preset!r}; known: {sorted(models.PRESETS)}")
+    for field, allowed in (("dtype", ("float32", "bfloat16")), ("attention", ("xla", "fused"))):
+        if cfg[field] not in allowed:
+            raise ConfigFileError(f"config field {field!r} is {cfg[field]!r}; choose one of {allowed}")
+    if cfg.steps < 1:
+        raise ConfigFileError(f"config field 'steps' must be >= 1, got {cfg.steps}")
+    try:
+        sharding.MeshConfig(**cfg.mesh).shape(jax.device_count())
+    except ValueError as e:
+        raise ConfigFileError(f"config field 'mesh': {e}") from None
+
+
+def run(args) -> None:
+    """Builds ``args.preset`` on ``args.mesh`` and prints shapes and timings of ``args.steps`` passes."""
+    check(args)
     cfg = models.get_config(args.preset)
     if cfg.kind != "internvl":
-        raise SystemExit(f"forward needs an InternVL preset, {args.preset!r} is a text-only model")
+        raise ConfigFileError(f"config field 'preset': forward needs an InternVL preset, {args.preset!r} is text-only")
     cfg.runtime.dtype = args.dtype
     cfg.runtime.attention = args.attention
-    data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-    mesh = sharding.make_mesh(sharding.MeshConfig(data, fsdp, tensor))
+    mesh = sharding.make_mesh(sharding.MeshConfig(**args.mesh))
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
 
     start = time.perf_counter()
@@ -84,4 +89,8 @@ def main(argv=None) -> int:
     print(f"input_ids {tuple(ids.shape)}  pixel_values {tuple(pixels.shape)} ({int(tile_mask.sum())} real tiles)")
     print(f"logits {tuple(logits.shape)} {logits.dtype}, finite: {bool(jnp.isfinite(logits).all())}")
     print(f"first call (compile + run) {compile_s:.2f}s, then {1e3 * np.median(times):.1f} ms per forward")
+
+
+def main(argv=None) -> int:
+    run(command_config("forward", __doc__, "forward", argv))
     return 0

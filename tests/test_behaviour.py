@@ -112,7 +112,7 @@ def test_killed_run_resumes_to_the_same_records(world, full_run, tmp_path, monke
 
 def test_select_command_reselects_without_regenerating(full_run, capsys):
     out, _ = full_run
-    assert commands.select_main(["--store", out, "--alpha", "0.0", "--keep", "2"]) == 0
+    assert commands.select_main([f"--config.store={out}", "--config.selection.alpha=0.0", "--config.selection.keep=2"]) == 0
     store = TrajectoryStore(out, clean_on_open=False)
     records = list(store.iter_records())
     expected = selection.select(records, alpha=0.0, keep=2)

@@ -100,7 +100,7 @@ def _build(name, tmp_path_factory):
     hf_dir, ckpt = str(root / "hf"), str(root / "orbax")
     write(torch_model, hf_dir)
     if name == "qwen2":  # through the command line
-        assert convert.main(["--hf_dir", hf_dir, "--out", ckpt, "--dtype", "float32", "--quiet"]) == 0
+        assert convert.main([f"--config.hf_dir={hf_dir}", f"--config.out={ckpt}", "--config.dtype=float32", "--config.progress=False"]) == 0
     else:
         checkpoint.convert_hf(hf_dir, ckpt, dtype="float32", progress=False)
     is_internvl = isinstance(torch_model, transformers.InternVLForConditionalGeneration)
@@ -158,7 +158,8 @@ def test_load_straight_from_hf_directory(case):
 def test_export_loads_in_transformers(case):
     out = str(case["root"] / "export")
     if case["name"] == "qwen2":
-        assert export.main(["--checkpoint", case["ckpt"], "--out", out, "--quiet", "--max_shard_gb", "0.0002"]) == 0
+        assert export.main([f"--config.checkpoint={case['ckpt']}", f"--config.out={out}", "--config.progress=False",
+                            "--config.max_shard_gb=0.0002"]) == 0
         assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
     else:
         checkpoint.export_hf(case["ckpt"], out, progress=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hf_models
-from sophia_jax import checkpoint
+from sophia_jax import checkpoint, cli
 from sophia_jax.checkpoint import CheckpointError, convert, hf_source, testing
 from sophia_jax.checkpoint.safetensors_io import INDEX_FILE, index_directory, read_tensor, write_tensors
 
@@ -165,9 +165,10 @@ def test_existing_output_needs_overwrite(good_dirs, tmp_path):
 def test_command_line_reports_the_error(good_dirs, tmp_path, capsys):
     hf = _copy(good_dirs, "qwen2", tmp_path)
     _edit_config(hf, lambda c: c.pop("num_hidden_layers"))
-    assert convert.main(["--hf_dir", str(hf), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    assert cli.main(["convert", f"--config.hf_dir={hf}", f"--config.out={tmp_path / 'out'}",
+                     "--config.progress=False"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "num_hidden_layers" in err and str(hf / "config.json") in err
+    assert err.startswith("sophia-jax convert: error: ") and err.count("\n") == 1 and "num_hidden_layers" in err and str(hf / "config.json") in err
 
 
 def test_load_rejects_other_directories(tmp_path):

@@ -1,10 +1,21 @@
-"""The sophia-jax entry point and the demo command."""
+"""The sophia-jax entry point: every command's shape and the one error contract."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
 
 from sophia_jax import cli
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 
 def test_forward_runs_on_a_mesh(capsys):
-    assert cli.main(["forward", "--mesh", "2,2,2", "--steps", "1"]) == 0
+    assert cli.main(["forward", "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                     "--config.steps=1"]) == 0
     out = capsys.readouterr().out
     assert "logits (3, 64, 512) float32, finite: True" in out
     assert "'data': 2, 'fsdp': 2, 'tensor': 2" in out
@@ -12,13 +23,91 @@ def test_forward_runs_on_a_mesh(capsys):
 
 def test_unknown_command_lists_the_known_ones(capsys):
     assert cli.main(["frobnicate"]) == 2
-    assert "demo" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "demo" in err and err.count("\n") == 1
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("sophia-jax 0.")
 
 
 def test_demo_runs_the_behaviour_model_end_to_end(tmp_path, capsys):
     """The README's main command: toy world -> sophia-jax generate -> select."""
-    assert cli.main(["demo", "--dir", str(tmp_path), "--questions", "3"]) == 0
+    assert cli.main(["demo", f"--config.dir={tmp_path}", "--config.questions=3"]) == 0
     out = capsys.readouterr().out
     assert "questions: 5 read, 3 processed, 2 skipped {'bad_image': 2}" in out
     assert "selection 'alpha0-keep2' written" in out
     assert (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_readme_main_command_is_what_ci_runs():
+    spec = importlib.util.spec_from_file_location("readme_command", ROOT / ".ci" / "readme_command.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.readme_command("main") == "pip install -e . && sophia-jax demo"
+    assert module.readme_command("test").startswith('pip install -e ".[test]"')
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "readme_command.py main" in ci and 'bash -euo pipefail -c "$main_cmd"' in ci
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_help_and_show_config(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    assert f"sophia-jax {command} --show-config" in " ".join(capsys.readouterr().out.split())
+    assert cli.main([command, "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# sophia-jax {command} --config {command}") and "  # " in out
+
+
+# Per command: (misspelt field, missing file, bad value), each with what the one error line must name.
+CASES = {
+    "demo": [("--config.questons=3", "questons"), ("--config=missing.py", "missing.py"),
+             ("--config.questions=many", "questions")],
+    "forward": [("--config.sed=3", "sed"), ("--config=missing.py", "missing.py"), ("--config.dtype=int8", "dtype")],
+    "generate": [("--config.selection.alpah=0.5", "alpah"), ("--config=missing.py", "missing.py"),
+                 ("--config.num_shards=many", "num_shards")],
+    "select": [("--config.stor=x", "stor"), ("--config.store=/nonexistent/store", "/nonexistent/store"),
+               ("--config.selection.keep=0", "selection.keep")],
+    "convert": [("--config.hfdir=x", "hfdir"), ("--config.hf_dir=/nonexistent/hf", "/nonexistent/hf"),
+                ("--config.dtype=int8", "dtype")],
+    "export": [("--config.chekpoint=x", "chekpoint"), ("--config.checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
+               ("--config.max_shard_gb=0", "max_shard_gb")],
+}
+EXTRA = {"convert": ["--config.out=/tmp/never-written"], "export": ["--config.out=/tmp/never-written"]}
+
+
+@pytest.mark.parametrize("command,arg,names", [(c, a, n) for c, cases in CASES.items() for a, n in cases])
+def test_user_errors_are_one_line_and_exit_2(command, arg, names, capsys):
+    argv = [command, *EXTRA.get(command, []), arg]
+    required = {("export", "max_shard_gb"): "--config.checkpoint=.", ("select", "selection.keep"): "--config.store=.",
+                ("convert", "dtype"): "--config.hf_dir=/nonexistent/hf"}  # the value is checked before the path
+    if (command, names) in required:
+        argv.insert(1, required[command, names])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sophia-jax {command}: error: ") and err.count("\n") == 1, err
+    assert names in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", list(CASES))
+def test_real_process_stderr(command):
+    """The installed entry point's real stderr: one line without --debug, the traceback with it."""
+    arg, names = CASES[command][0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("SOPHIA_JAX_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "sophia_jax.cli", command, arg], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"sophia-jax {command}: error: ") and names in lines[0]
+    if command == "forward":
+        debug = subprocess.run([sys.executable, "-m", "sophia_jax.cli", command, arg, "--debug"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_argparse_errors_are_user_errors(capsys):
+    assert cli.main(["select", "--frob"]) == 2
+    err = capsys.readouterr().err
+    assert err == "sophia-jax select: error: unrecognized arguments: --frob (see --help)\n"

@@ -33,5 +33,5 @@ def test_errors_name_the_problem(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigFileError, match="no get_config"):
         load(str(bad))
-    with pytest.raises(ValueError, match="unknown generate config variant"):
+    with pytest.raises(ConfigFileError, match="unknown generate config variant"):
         load("generate:fast")

@@ -34,9 +34,9 @@ def test_caption_reward_is_mean_of_its_trajectories():
 def test_alpha_is_strict():
     # 6 of 8 correct = 0.75 is NOT above alpha 0.75; 7 of 8 is.
     six = table("q", [[1] * 6 + [0] * 2])
-    assert select(six, alpha=0.75) == set()
+    assert select(six, alpha=0.75, keep=1) == set()
     seven = table("q", [[1] * 7 + [0]])
-    assert select(seven, alpha=0.75) == {("q", 0, 0)}
+    assert select(seven, alpha=0.75, keep=1) == {("q", 0, 0)}
 
 
 def test_keep_n_shortest_across_captions():
@@ -56,15 +56,15 @@ def test_ties_break_by_caption_then_trajectory():
 
 def test_no_survivor_and_per_question_independence():
     rows = table("a", [[1, 0, 0, 0]]) + table("b", [[1, 1, 1, 1]])
-    assert select(rows, alpha=0.75) == {("b", 0, 0)}
-    assert select(table("c", [[0, 0], [0, 0]]), alpha=0.0) == set()
+    assert select(rows, alpha=0.75, keep=1) == {("b", 0, 0)}
+    assert select(table("c", [[0, 0], [0, 0]]), alpha=0.0, keep=1) == set()
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="keep"):
-        select([], keep=0)
+        select([], alpha=0.75, keep=0)
     with pytest.raises(ValueError, match="duplicate"):
-        select(table("q", [[1]]) * 2)
+        select(table("q", [[1]]) * 2, alpha=0.75, keep=1)
 
 
 def test_keep_two_tie_break_order_caption_before_trajectory():

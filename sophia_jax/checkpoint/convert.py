@@ -6,19 +6,21 @@ Llama causal LMs. Tensors stream one at a time from the safetensors shards into 
 memory stays near one write group (``store.GROUP_BYTES``) above the process baseline, whatever
 the model size. The tokenizer, chat template and configs are copied next to the parameters.
 
-    sophia-jax convert --hf_dir /ckpt/InternVL3-8B --out /ckpt/internvl3-8b-orbax [--dtype bfloat16]
+    sophia-jax convert --config.hf_dir=/ckpt/InternVL3-8B --config.out=/ckpt/internvl3-8b-orbax
+
+Settings: the ``convert`` config (``sophia-jax convert --show-config``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-from sophia_jax.checkpoint.errors import run_command
+from sophia_jax.checkpoint.errors import CheckpointError
+from sophia_jax.configs.loading import command_config, require
 from sophia_jax.checkpoint.hf_source import iter_params, open_hf
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.store import GROUP_BYTES, CheckpointWriter, abstract_model, param_shapes
@@ -44,6 +46,8 @@ def convert_hf(
     ``group_bytes`` (default: 256 MB, or 1/64 of the model when larger, which bounds the number
     of Orbax partial saves) is how much is buffered between writes.
     """
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r}: choose one of {DTYPES}")
     source = open_hf(hf_dir)
     dtype = np.dtype(dtype)
     runtime = RuntimeConfig(dtype=dtype.name, param_dtype=dtype.name)
@@ -63,16 +67,26 @@ def convert_hf(
     return path
 
 
+def use_host_cpu() -> None:
+    """Keeps JAX off an accelerator that a training job may hold (unless JAX_PLATFORMS says otherwise).
+
+    Conversion and export need no accelerator.
+    """
+    import jax
+
+    if "JAX_PLATFORMS" not in os.environ:
+        try:
+            jax.config.update("jax_platforms", "cpu")
+        except Exception:  # backends already initialised by the caller: use what is there
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sophia-jax convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hf_dir", required=True, help="Hugging Face checkpoint directory (config.json + safetensors)")
-    parser.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="stored parameter dtype")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
-    return run_command(lambda: convert_hf(args.hf_dir, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                          progress=not args.quiet))
+    cfg = command_config("convert", __doc__, "convert", argv)
+    require(cfg, "hf_dir", "out")
+    use_host_cpu()
+    print(convert_hf(cfg.hf_dir, cfg.out, dtype=cfg.dtype, overwrite=cfg.overwrite, progress=cfg.progress))
+    return 0
 
 
 if __name__ == "__main__":

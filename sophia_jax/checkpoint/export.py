@@ -7,12 +7,13 @@ into safetensors files of at most ``--max_shard_gb``; the config is generated fr
 config (with the source's special-token ids), and tokenizer, chat template and generation config
 are copied from the checkpoint directory.
 
-    sophia-jax export --checkpoint /ckpt/run7/final --out /ckpt/run7/final-hf
+    sophia-jax export --config.checkpoint=/ckpt/run7/final --config.out=/ckpt/run7/final-hf
+
+Settings: the ``export`` config (``sophia-jax export --show-config``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -24,12 +25,13 @@ import transformers
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from sophia_jax.checkpoint.errors import CheckpointError, run_command
+from sophia_jax.checkpoint.errors import CheckpointError
 from sophia_jax.checkpoint.hf_source import asset_files, expected_hf_shapes, read_json, rules_for
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.safetensors_io import TensorSpec, plan_shards, write_shards
 from sophia_jax.checkpoint.store import META_FILE, ParamReader, kind_of
+from sophia_jax.configs.loading import command_config, require
 from sophia_jax.models.config import InternVLConfig, TextConfig
 
 DEFAULT_SHARD_BYTES = 5 << 30
@@ -136,6 +138,8 @@ def export_hf(
         reader = ParamReader(source)
         kind, config, shapes, stored, read = reader.kind, reader.config, reader.shapes, reader.dtype, reader.read
         assets = assets if assets is not None else reader.path
+    if dtype is not None and str(dtype) not in ("bfloat16", "float32"):
+        raise CheckpointError(f"dtype {str(dtype)!r}: choose bfloat16 or float32")
     out_dtype = np.dtype(dtype) if dtype is not None else stored
     assets = os.fspath(assets) if assets is not None else None
     original = read_json(os.path.join(assets, "config.json")) if assets else None
@@ -177,17 +181,16 @@ def export_hf(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sophia-jax export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="our checkpoint directory (from convert or training)")
-    parser.add_argument("--out", required=True, help="output transformers directory (must not exist)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None, help="default: the stored dtype")
-    parser.add_argument("--max_shard_gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30,
-                        help="largest safetensors file, GiB")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
-    return run_command(lambda: export_hf(args.checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                         max_shard_bytes=int(args.max_shard_gb * 2**30), progress=not args.quiet))
+    from sophia_jax.checkpoint.convert import use_host_cpu
+
+    cfg = command_config("export", __doc__, "export", argv)
+    require(cfg, "checkpoint", "out")
+    if cfg.max_shard_gb <= 0:
+        raise CheckpointError(f"config field 'max_shard_gb' must be > 0, got {cfg.max_shard_gb}")
+    use_host_cpu()
+    print(export_hf(cfg.checkpoint, cfg.out, dtype=cfg.dtype or None, overwrite=cfg.overwrite,
+                    max_shard_bytes=int(cfg.max_shard_gb * 2**30), progress=cfg.progress))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Config for ``sophia-jax generate``: the SOPHIA behaviour model (captions -> reasoning -> store).
 
-    sophia-jax generate --config sophia_jax/configs/generate.py \\
+    sophia-jax generate --config generate \\
         --config.dataset.path=/data/questions.jsonl --config.output_dir=/runs/sophia-38b \\
         --config.policy.checkpoint=/ckpt/internvl3-38b --config.reasoner.checkpoint=/ckpt/qwq-32b
 
@@ -11,7 +11,12 @@ temperature 1.0 / top-p 0.8; the reasoner at 0.6 / 0.95).
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from sophia_jax import sharding
+from sophia_jax.configs.loading import unknown_variant
 
 
 def _sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> ml_collections.ConfigDict:
@@ -23,6 +28,19 @@ def _sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> 
         "max_new_tokens": max_new_tokens,  # generation cap per sample
         "seed": 0,  # base seed; each shard derives its own, so reruns reproduce a shard
     })
+
+
+def selection() -> ml_collections.ConfigDict:
+    """The selection rule; ``sophia-jax select`` reads its defaults from here too."""
+    return ml_collections.ConfigDict({
+        "alpha": 0.75,  # keep a trajectory only if its caption's reward is strictly above this
+        "keep": 1,  # Keep-N: shortest qualifying trajectories per question
+    })
+
+
+def mesh() -> ml_collections.ConfigDict:
+    """``sharding.MeshConfig`` as config fields (its defaults: data 1, fsdp all devices, tensor 1)."""
+    return ml_collections.ConfigDict(dataclasses.asdict(sharding.MeshConfig()))
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -55,9 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         {"caption": "", "simulate_reasoning": "", "long_cot_system": "", "default_system": ""}
     )
 
-    cfg.selection = ml_collections.ConfigDict()
-    cfg.selection.alpha = 0.75  # keep a trajectory only if its caption's reward is strictly above this
-    cfg.selection.keep = 1  # Keep-N: shortest qualifying trajectories per question
+    cfg.selection = selection()
 
     cfg.verifier = ml_collections.ConfigDict()
     cfg.verifier.workers = 2  # judge processes
@@ -75,7 +91,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     cfg.dtype = "bfloat16"  # model compute and weight dtype
     # Mesh over this host's devices; each host samples its own shards with its own model copy.
-    cfg.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    cfg.mesh = mesh()  # data, fsdp, tensor sizes; -1 = all remaining devices
 
     if arg == "runlocal":  # a CPU smoke run: tiny generation caps, float32, small batches
         for role in (cfg.policy, cfg.reasoner):
@@ -88,5 +104,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         cfg.sampler.cache_dtype = "float32"
         cfg.dtype = "float32"
     elif arg:
-        raise ValueError(f"unknown generate config variant {arg!r}; known: '', 'runlocal'")
+        raise unknown_variant("generate", arg, ("", "runlocal"))
     return cfg

@@ -15,6 +15,7 @@ import ml_collections
 from flax import nnx
 
 from sophia_jax import sharding
+from sophia_jax.configs.loading import ConfigFileError
 from sophia_jax.models import config as mc
 from sophia_jax.models.config import InternVLConfig, RopeScaling, RuntimeConfig, TextConfig, VisionConfig
 
@@ -72,7 +73,7 @@ PRESETS: dict[str, InternVLConfig | TextConfig] = {
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     """Preset by name; unknown names list the known ones."""
     if arg not in PRESETS:
-        raise ValueError(f"unknown model preset {arg!r}; known: {sorted(PRESETS)}")
+        raise ConfigFileError(f"unknown model preset {arg!r}; known: {sorted(PRESETS)}")
     preset = PRESETS[arg]
     cfg = ml_collections.ConfigDict()
     cfg.name = arg

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
+from sophia_jax.errors import UserError
+
 INTERNVL_SYSTEM_MESSAGE = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
@@ -38,7 +40,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """Messages or images that a template cannot render."""
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sophia_jax.errors import UserError
 from sophia_jax.data.images import ImageError, TilingConfig, load_image, open_image
 
 __all__ = [
@@ -64,7 +65,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset file as a whole cannot be read (missing, unknown extension, unreadable container)."""
 
 

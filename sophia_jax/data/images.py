@@ -39,6 +39,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sophia_jax.errors import UserError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -61,7 +63,7 @@ _MEAN32 = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD32 = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image could not be read or used (missing, empty, corrupt, truncated, zero-sized...)."""
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from sophia_jax.errors import UserError
+
 __all__ = [
     "FORMAT_VERSION",
     "RecordFormatError",
@@ -61,7 +63,7 @@ _ARRAY_NAMES = frozenset(name for name, _ in _ARRAY_FIELDS)
 RecordKey = tuple[str, int, int]  # (question_id, caption_index, trajectory_index)
 
 
-class RecordFormatError(ValueError):
+class RecordFormatError(UserError, ValueError):
     """A payload is not a trajectory record this code can read (corrupt, truncated, unknown version)."""
 
 

@@ -49,6 +49,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
+from sophia_jax.errors import UserError
 from sophia_jax.data.trajectory_record import FORMAT_VERSION, RecordKey, TrajectoryRecord, decode, encode, record_key
 
 __all__ = [
@@ -75,7 +76,7 @@ _INDEX_COLUMNS = ("question_id", "caption_index", "trajectory_index", "outcome_r
                   "caption_reward", "trajectory_policy_tokens", "selected")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store is asked for something it does not hold (unfinished shard, unknown selection)."""
 
 

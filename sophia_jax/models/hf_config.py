@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Mapping
 
+from sophia_jax.errors import UserError
 from sophia_jax.models.config import InternVLConfig, RopeScaling, TextConfig, VisionConfig
 
 # <IMG_CONTEXT> ids of the released tokenizers, by LM family, for original-layout configs
@@ -23,7 +24,7 @@ from sophia_jax.models.config import InternVLConfig, RopeScaling, TextConfig, Vi
 DEFAULT_IMAGE_TOKEN_ID = {"qwen2": 151667, "internlm2": 92546, "llama": 92546}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.json that cannot be understood; the message names the file and the key."""
 
 

@@ -33,6 +33,8 @@ import ml_collections
 import numpy as np
 
 from sophia_jax import checkpoint, sharding
+from sophia_jax.configs.loading import require
+from sophia_jax.errors import UserError
 from sophia_jax.data import chat_templates
 from sophia_jax.data.datasets import FieldMap, Question, read_questions
 from sophia_jax.data.images import ImageError, TilingConfig
@@ -78,8 +80,6 @@ def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
     """Loads a checkpoint (ours or a Hugging Face directory) and builds its sampler."""
     import transformers
 
-    if not role_cfg.checkpoint:
-        raise ValueError("a checkpoint path is required for the policy and the reasoner")
     runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype)
     model = checkpoint.load(role_cfg.checkpoint, mesh=mesh, runtime=runtime)
     tokenizer = transformers.AutoTokenizer.from_pretrained(role_cfg.checkpoint)
@@ -262,12 +262,7 @@ def read_dataset(cfg, report: Report) -> list[Question]:
 
 def generate(cfg: ml_collections.ConfigDict) -> Report:
     """Runs the behaviour model over this host's unfinished shards; returns the report."""
-    for field in ("output_dir", "dataset.path", "policy.checkpoint", "reasoner.checkpoint"):
-        node = cfg
-        for part in field.split("."):
-            node = node[part]
-        if not node:
-            raise ValueError(f"config field {field!r} is required")
+    require(cfg, "output_dir", "dataset.path", "policy.checkpoint", "reasoner.checkpoint")
     report = Report()
     process_index, process_count = jax.process_index(), jax.process_count()
     store = TrajectoryStore(cfg.output_dir, process_index=process_index, process_count=process_count)
@@ -283,8 +278,7 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
     logger.info("%d questions in %d shards; this host: %d shards, %d to do", len(questions), len(by_shard), len(mine), len(todo))
 
     if todo:
-        m = cfg.mesh
-        mesh = sharding.make_mesh(sharding.MeshConfig(m.data, m.fsdp, m.tensor), jax.local_devices())
+        mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), jax.local_devices())
         policy = load_role(cfg.policy, cfg, mesh, chat_templates.internvl_stop_token_ids)
         reasoner = load_role(cfg.reasoner, cfg, mesh, chat_templates.stop_token_ids)
         with VerifierPool(num_workers=cfg.verifier.workers, timeout=cfg.verifier.timeout) as verifier:
@@ -307,3 +301,30 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
     store.write_manifest()
     report.write(os.path.join(cfg.output_dir, f"report-{process_index:03d}.json"))
     return report
+
+
+def reselect(store_dir: str, alpha: float, keep: int, *, name: str = "", overwrite: bool = False) -> str:
+    """Writes a new selection of a finished store (``selections/<name>.json``); returns a summary line.
+
+    ``name`` defaults to ``alpha<A>-keep<N>``. Reads only the shard markers, never the records.
+    """
+    if keep < 1:
+        raise UserError(f"config field 'selection.keep' must be >= 1, got {keep}")
+    if not os.path.isdir(store_dir):
+        raise UserError(f"store {store_dir!r}: no such directory")
+    store = TrajectoryStore(store_dir, clean_on_open=False)
+    rows = list(store.iter_index())
+    if not rows:
+        raise UserError(f"store {store_dir!r}: no finished shards")
+    chosen = selection.select(rows, alpha=alpha, keep=keep)
+    name = name or f"alpha{alpha:g}-keep{keep}"
+    try:
+        store.write_selection(name, store.locate(sorted(chosen)), meta={"alpha": alpha, "keep": keep},
+                              overwrite=overwrite)
+    except FileExistsError as e:
+        raise UserError(f"{e} (--config.overwrite=True)") from None
+    questions = {r.question_id for r in rows}
+    with_selection = {k[0] for k in chosen}
+    return (f"{len(rows)} trajectories over {len(questions)} questions; selected {len(chosen)} "
+            f"({len(with_selection)} questions, yield {len(with_selection) / len(questions):.3f})\n"
+            f"selection {name!r} written to {store.root}/selections/{name}.json")

@@ -34,7 +34,7 @@ def caption_rewards(records: Iterable[Scored]) -> dict[tuple[str, int], float]:
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def select(records: Iterable[Scored], alpha: float = 0.75, keep: int = 1) -> set[Key]:
+def select(records: Iterable[Scored], *, alpha: float, keep: int) -> set[Key]:
     """Keys of the selected trajectories.
 
     A trajectory qualifies when it is correct (reward 1) and its caption's reward is strictly
