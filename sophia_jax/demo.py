@@ -37,6 +37,21 @@ def run(cfg) -> str:
     return store
 
 
+def _legacy_flags(argv) -> list[str]:
+    """``--dir D`` and ``--questions N`` (the demo's flags before configs) still work."""
+    out, argv = [], list(argv or [])
+    while argv:
+        arg = argv.pop(0)
+        name, sep, value = arg.partition("=")
+        if name in ("--dir", "--questions"):
+            if not sep:
+                value = argv.pop(0) if argv else ""
+            out.append(f"--config.{name[2:]}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
-    run(command_config("demo", __doc__, "demo", argv))
+    run(command_config("demo", __doc__, "demo", _legacy_flags(argv)))
     return 0

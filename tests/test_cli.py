@@ -32,13 +32,22 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("sophia-jax 0.")
 
 
-def test_demo_runs_the_behaviour_model_end_to_end(tmp_path, capsys):
-    """The README's main command: toy world -> sophia-jax generate -> select."""
-    assert cli.main(["demo", f"--config.dir={tmp_path}", "--config.questions=3"]) == 0
+def test_demo_runs_the_behaviour_model_end_to_end_and_train_reads_its_store(tmp_path, capsys):
+    """The README's main command: toy world -> sophia-jax generate -> select; then the training
+    contract: ``train:runlocal`` on ``D/store`` finds the policy by itself and writes ``O/final``."""
+    assert cli.main(["demo", "--dir", str(tmp_path), "--questions", "3"]) == 0  # the pre-config flags still work
     out = capsys.readouterr().out
     assert "questions: 5 read, 3 processed, 2 skipped {'bad_image': 2}" in out
     assert "selection 'alpha0-keep2' written" in out
     assert (tmp_path / "store" / "manifest.json").exists()
+    run = tmp_path / "train"
+    assert cli.main(["train", "--config", "train:runlocal", f"--config.data.store={tmp_path / 'store'}",
+                     f"--config.output_dir={run}", "--config.log.progress=False"]) == 0
+    assert "final model:" in capsys.readouterr().out
+    from sophia_jax import checkpoint
+
+    assert type(checkpoint.load(run / "final")).__name__ == "InternVL"
+    assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())[-1] == 8
 
 
 def test_readme_main_command_is_what_ci_runs():
@@ -71,10 +80,15 @@ CASES = {
                ("--config.selection.keep=0", "selection.keep")],
     "convert": [("--config.hfdir=x", "hfdir"), ("--config.hf_dir=/nonexistent/hf", "/nonexistent/hf"),
                 ("--config.dtype=int8", "dtype")],
+    "train": [("--config.train.setps=3", "setps"), ("--config.data.store=/nonexistent/store", "/nonexistent/store"),
+              ("--config.loss.normalization=median", "normalization")],
+    "warmup": [("--config.optimizer.peak_lr=1", "peak_lr"), ("--config.model.checkpoint=/nonexistent/ckpt",
+               "/nonexistent/ckpt"), ("--config.train.trainable=vision", "trainable")],
     "export": [("--config.chekpoint=x", "chekpoint"), ("--config.checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
                ("--config.max_shard_gb=0", "max_shard_gb")],
 }
-EXTRA = {"convert": ["--config.out=/tmp/never-written"], "export": ["--config.out=/tmp/never-written"]}
+EXTRA = {"convert": ["--config.out=/tmp/never-written"], "export": ["--config.out=/tmp/never-written"],
+         "train": ["--config.output_dir=/tmp/never-written"], "warmup": ["--config.output_dir=/tmp/never-written"]}
 
 
 @pytest.mark.parametrize("command,arg,names", [(c, a, n) for c, cases in CASES.items() for a, n in cases])

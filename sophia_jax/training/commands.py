@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from sophia_jax.configs.loading import load
+from sophia_jax.configs.loading import command_config
 
 
 def _run(argv, prog: str, default_config: str, description: str) -> int:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                epilog="Any config field can be overridden: --config.train.steps=100")
-    p.add_argument("--config", default=default_config, help=f"config file[:variant] (default: {default_config!r})")
-    args, overrides = p.parse_known_args(argv)
-    cfg = load(args.config, overrides)
+    cfg = command_config(prog, description, default_config, argv)
 
     from sophia_jax.training.trainer import PREEMPTED_EXIT_CODE, train
 
@@ -22,8 +16,8 @@ def _run(argv, prog: str, default_config: str, description: str) -> int:
 
 
 def train_main(argv=None) -> int:
-    return _run(argv, "sophia-jax train", "train", "SOPHIA policy update: reward-weighted likelihood of selected trajectories.")
+    return _run(argv, "train", "train", "SOPHIA policy update: reward-weighted likelihood of selected trajectories.")
 
 
 def warmup_main(argv=None) -> int:
-    return _run(argv, "sophia-jax warmup", "warmup", "Warm-up fine-tuning of the policy on general VQA data.")
+    return _run(argv, "warmup", "warmup", "Warm-up fine-tuning of the policy on general VQA data.")

@@ -110,6 +110,8 @@ def _policy_of_store(store: str) -> str:
 
     if not store:
         raise UserError("model.checkpoint is required (--config.model.checkpoint=CKPT)")
+    if not os.path.isdir(store):
+        raise UserError(f"data.store {store}: no such directory")
     ts = TrajectoryStore(store, clean_on_open=False)
     paths = {(ts.marker(s) or {}).get("meta", {}).get("policy_checkpoint") for s in ts.finished_shards()}
     if len(paths) != 1 or None in paths or not os.path.isdir(next(iter(paths))):
@@ -144,13 +146,16 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
 
     if not cfg.output_dir:
         raise UserError("output_dir is required (--config.output_dir=DIR)")
+    # Settings are checked before anything is loaded or written.
+    loss_config = loss_lib.LossConfig(normalization=cfg.loss.normalization,
+                                      importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip)
+    is_trainable = trainable_filter(cfg.train.trainable)
     policy_checkpoint = cfg.model.checkpoint or _policy_of_store(cfg.data.store)
-    os.makedirs(cfg.output_dir, exist_ok=True)
     mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh))
     model = checkpoint.load(policy_checkpoint, mesh, runtime=_runtime(cfg))
     tokenizer = transformers.AutoTokenizer.from_pretrained(policy_checkpoint)
     model_config = model.config
-    graphdef, params, frozen = step_lib.split_model(model, trainable_filter(cfg.train.trainable))
+    graphdef, params, frozen = step_lib.split_model(model, is_trainable)
     del model
 
     pipeline = TrainingPipeline(
@@ -165,13 +170,13 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
             peak_learning_rate=o.peak_learning_rate, end_learning_rate_ratio=o.end_learning_rate_ratio,
             warmup_steps=int(round(o.warmup_ratio * total_steps)), total_steps=total_steps,
             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, max_grad_norm=o.max_grad_norm),
-        loss=loss_lib.LossConfig(normalization=cfg.loss.normalization,
-                                 importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip),
+        loss=loss_config,
         loss_chunk_tokens=cfg.loss.chunk_tokens,
         num_sources=len(pipeline.source_names()),
     )
 
     program = step_lib.TrainProgram(graphdef, params, frozen, mesh, step_config)
+    os.makedirs(cfg.output_dir, exist_ok=True)
     ckpts = TrainCheckpoints(os.path.join(cfg.output_dir, "checkpoints"), every=cfg.checkpoint.every,
                              keep=cfg.checkpoint.keep, asynchronous=cfg.checkpoint.asynchronous)
     report = TrainReport()

@@ -188,3 +188,13 @@ def test_resume_onto_another_mesh_shape(world, reference, tmp_path):
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
     assert _examples(out) == _examples(reference[0])
+
+def test_an_empty_selection_is_one_clear_error(world, tmp_path):
+    store = TrajectoryStore(world["store"], clean_on_open=False)
+    store.write_selection("nothing", [], overwrite=True)
+    result = subprocess.run(_cli(_args(world, tmp_path / "o") + ["--config.data.selection=nothing"]),
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "nothing" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
