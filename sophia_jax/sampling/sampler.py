@@ -5,18 +5,25 @@
 ``GenerationResult`` per prompt as soon as all its samples are finished; ``generate`` collects
 them in prompt order.
 
-Static shapes: prompts are left-padded to the smallest bucket of ``SamplerConfig.buckets`` that
-holds them, batches are padded to a fixed number of prompts (and image tiles to a fixed budget),
-and the cache holds ``bucket + max_new_tokens`` slots. So for fixed sampling settings the
-compiled programs are one prefill and one decode per bucket used (plus one more pair per bucket
-if a multimodal sampler also sees batches without any image). Each new program is logged;
-``compiled_programs()`` counts what XLA compiled, shared by all samplers of the same model graph.
+Continuous batching over a paged KV cache (``paged``, ``loop``): ``batch_size`` decode rows each
+work on one (prompt, sample) at a time. Between decode calls (at most ``decode_chunk`` steps;
+a call ends early once a few rows are free and samples wait) finished rows are reported and
+refilled from the queue. A prompt is prefilled once, when its first sample starts; all its
+samples share its full KV blocks. KV memory is a pool of ``kv_budget`` tokens in blocks of
+``block_size``: a row holds blocks for what it has generated plus one decode call, so the
+``max_new_tokens`` cap sizes nothing. When the pool runs out the newest rows are restarted
+later (same keys, so the same samples). ``kv_usage`` reports the use of the last call.
 
-Work plan: prompts are sorted by length (longest first, so memory errors surface early) and cut
-into batches of ``batch_size // n`` prompts, each prompt owning ``n`` decode rows that share its
-prefix. A prompt with more samples than ``batch_size`` is split over several batches (each
-re-prefills it). Decoding runs in chunks of ``decode_chunk`` steps; between chunks the host
-yields prompts whose samples are all done, and a batch ends as soon as all its rows are done.
+Compiled programs, for fixed sampling settings: one decode and one admit program; one prefill
+per (bucket, prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
+chosen on ``len(prompt) - 1`` (the last prompt token is fed by the first decode step). Each new
+program is logged; ``compiled_programs()`` counts what XLA compiled, shared by all samplers of
+the same model graph.
+
+Floating point: a sample's tokens depend on (seed, prompt, sample) and the weights; its row and
+its neighbours only change which rows are computed together, and rows do not interact, so
+results do not depend on batching up to XLA's batch-size-dependent rounding (not seen on CPU
+in the tests, which compare exactly).
 
 Parameters are whatever ``nnx.split(model)`` gives; place them on the mesh beforehand
 (``sharding.create_sharded`` / ``shard_module``) and swap them with ``update_params`` without
