@@ -88,6 +88,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.sampler.decode_chunk = 256  # decode steps between host checks
     cfg.sampler.buckets = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)  # prompt-length ladder
     cfg.sampler.progress = True  # per-batch progress bars
+    cfg.sampler.kv_budget = 262144  # KV-cache tokens held at once over all rows (bounds KV memory)
+    cfg.sampler.block_size = 64  # KV-cache tokens per block
 
     cfg.dtype = "bfloat16"  # model compute and weight dtype
     # Mesh over this host's devices; each host samples its own shards with its own model copy.
@@ -102,6 +104,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         cfg.sampler.buckets = (128, 256, 512, 1024, 2048)
         cfg.sampler.decode_chunk = 16
         cfg.sampler.cache_dtype = "float32"
+        cfg.sampler.kv_budget = 16384
+        cfg.sampler.block_size = 16
         cfg.dtype = "float32"
     elif arg:
         raise unknown_variant("generate", arg, ("", "runlocal"))

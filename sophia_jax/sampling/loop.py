@@ -1,23 +1,22 @@
-"""The jitted halves of sampling: ``prefill`` (prompt -> decode state) and ``decode`` (a
-``lax.while_loop`` of one-token steps).
+"""The jitted parts of sampling over a paged KV cache (``paged``): ``prefill`` (prompts -> their
+blocks in the pool), ``admit`` (start samples in free decode rows) and ``decode`` (a
+``lax.while_loop`` of one-token steps over all rows).
 
-Both are pure top-level functions of ``(graphdef, params, ...)``: the weights are arguments, so
-new weights of the same structure reuse the compiled programs. ``decode`` is meant to be jitted
-with the state donated, so the KV cache is updated in place across steps and calls.
+All are pure top-level functions; the weights are arguments, so new weights of the same
+structure reuse the compiled programs. ``admit`` and ``decode`` are meant to be jitted with the
+state donated and ``prefill`` with the pool donated, so the pool is updated in place.
 
-Cache layout, for a prompt bucket of L slots and ``max_new`` generated tokens (S = L + max_new):
+A prompt of L tokens is prefilled without its last token: the pool gets the keys and values of
+tokens 0 .. L-2 (compacted, slot = position). Each of its samples starts as a decode row with
+``length = L - 1`` and ``last_token = prompt[-1]``; the row's first decode step writes that
+token's keys and values and gives the logits of generated token 0. So one program (the step)
+produces every generated token, a row can start at any step, and the prompt's prefill and
+vision forward are shared by all its samples, whenever they start.
 
-    slot    0 ........ L-1 | L ........ L+max_new-1
-            left-padded     generated token t sits in slot L + t
-            prompt
-
-Causality is by slot (the model's rule) and ``kv_mask`` hides the prompt's padding slots, so the
-mask never changes during decoding; RoPE positions are ``cumsum(prompt_mask) - 1`` for the prompt
-and continue from the prompt's real length, as in transformers' ``generate`` with left padding.
-
-Prefix sharing: a prefill batch holds P distinct prompts; their caches and last logits are
-repeated ``n`` times to give B = P * n decode rows. K samples of one prompt cost one vision
-forward and one prefill.
+Rows are independent: each has its own length (= RoPE position of ``last_token``), its own
+count of generated tokens and its own PRNG key ``fold_in(fold_in(key(seed), prompt), sample)``;
+generated token t uses ``fold_in(row_key, t)``. A sample's tokens therefore depend on
+(seed, prompt, sample) and the weights only, not on its row or on what else is decoding.
 """
 
 from __future__ import annotations
@@ -30,50 +29,62 @@ from flax import nnx, struct
 
 from sophia_jax import sharding
 from sophia_jax.models.decoder import LayerCache, init_cache
-from sophia_jax.sampling import strategy
-
-CACHE_AXES = ("batch", "kv_length", "kv_heads", "head_dim")
+from sophia_jax.sampling import paged, strategy
 
 
 @struct.dataclass
 class PrefillBatch:
-    """Host-built inputs of one prefill. P prompts, B = P * n rows, NS stop-token slots."""
+    """Host-built inputs of one prefill. P prompts, bucket L slots, bs block size."""
 
-    tokens: jax.Array  # int32[P, L], left-padded
+    tokens: jax.Array  # int32[P, L], left-padded prompts without their last token
     mask: jax.Array  # bool[P, L], True on real tokens
     pixel_values: Any  # float32[Tiles, C, H, W] (tile budget) or None for text-only
     tile_mask: Any  # bool[Tiles] or None
-    seed: jax.Array  # uint32[]
-    prompt_index: jax.Array  # int32[B], the prompt's position in the caller's list
-    sample_index: jax.Array  # int32[B], which of the prompt's samples the row is
-    row_params: strategy.RowParams  # [B] each
+    blocks: jax.Array  # int32[P, ceil(L / bs)], pool blocks receiving each prompt (scratch = 0)
+
+
+@struct.dataclass
+class Admission:
+    """Samples to start: rows where ``mask`` is True get fresh state. All [B] unless noted."""
+
+    mask: jax.Array  # bool
+    length: jax.Array  # int32, prompt tokens already in the pool (prompt length - 1)
+    last_token: jax.Array  # int32, the prompt's last token
+    prompt_index: jax.Array  # int32
+    sample_index: jax.Array  # int32
     stop_ids: jax.Array  # int32[B, NS], -1 = unused slot
-    active: jax.Array  # bool[B]; False for padding rows
+    copy_src: jax.Array  # int32, a prompt's partial last block, copied to copy_dst (0 -> 0 = none)
+    copy_dst: jax.Array  # int32
 
 
 @struct.dataclass
 class DecodeState:
-    """Everything the decode loop carries. ``step`` = generated tokens so far (same for all rows)."""
+    """Everything the decode loop carries. B rows, C = decode chunk."""
 
-    cache: list  # list[LayerCache], each [B, S, K, H]
-    kv_mask: jax.Array  # bool[B, S]
+    pool: list  # list[LayerCache], each [NB, bs, K, H]
+    length: jax.Array  # int32[B], slots filled = RoPE position of last_token
     last_token: jax.Array  # int32[B], the token to feed next
-    position: jax.Array  # int32[B], its RoPE position
-    step: jax.Array  # int32[]
-    tokens: jax.Array  # int32[B, max_new]; pad_id after a row stops
-    logprobs: jax.Array  # float32[B, max_new], behaviour distribution
-    raw_logprobs: jax.Array  # float32[B, max_new], temperature 1, full vocabulary
-    length: jax.Array  # int32[B], generated tokens including the stop token
-    done: jax.Array  # bool[B]
+    generated: jax.Array  # int32[B], tokens generated so far
+    max_new: jax.Array  # int32[], tokens a sample may generate
+    done: jax.Array  # bool[B]; True for free rows
     stopped: jax.Array  # bool[B], done because a stop token was generated
-    row_keys: jax.Array  # PRNG key array [B]
-    row_params: strategy.RowParams
+    row_keys: jax.Array  # uint32[B, key words], raw PRNG key data
+    row_params: strategy.RowParams  # [B] each
     stop_ids: jax.Array  # int32[B, NS]
+    seed: jax.Array  # uint32[]
+    out_tokens: jax.Array  # int32[B, C], tokens of the last decode call, from column 0 per row
+    out_logprobs: jax.Array  # float32[B, C], behaviour distribution
+    out_raw: jax.Array  # float32[B, C], temperature 1, full vocabulary
 
 
 def text_config(model):
     """The decoder config of a CausalLM or an InternVL."""
     return model.config.text if hasattr(model.config, "text") else model.config
+
+
+def language_model(model):
+    """The CausalLM of a CausalLM or an InternVL."""
+    return getattr(model, "language_model", model)
 
 
 def embed(model, tokens, pixel_values=None, tile_mask=None):
@@ -85,119 +96,136 @@ def embed(model, tokens, pixel_values=None, tile_mask=None):
     return model.embed_tokens(tokens)
 
 
-def _constrain_state(state: DecodeState) -> DecodeState:
-    """Batch over data/fsdp, KV heads over tensor (a no-op outside ``sharding.use_mesh``)."""
+def init_state(config, seed, max_new, *, rows: int, chunk: int, num_blocks: int, block_size: int, dtype,
+               stop_slots: int) -> DecodeState:
+    """All rows free, the pool zeroed."""
+    zeros = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+    key_words = jax.random.key_data(jax.random.key(0)).shape
+    return DecodeState(
+        pool=paged.init_pool(config, num_blocks, block_size, jnp.dtype(dtype)),
+        length=zeros((rows,), jnp.int32), last_token=zeros((rows,), jnp.int32),
+        generated=zeros((rows,), jnp.int32), max_new=jnp.asarray(max_new, jnp.int32),
+        done=jnp.ones((rows,), bool), stopped=zeros((rows,), bool),
+        row_keys=zeros((rows, *key_words), jnp.uint32),
+        row_params=strategy.row_params(rows, 1.0),
+        stop_ids=jnp.full((rows, stop_slots), -1, jnp.int32), seed=jnp.asarray(seed, jnp.uint32),
+        out_tokens=zeros((rows, chunk), jnp.int32), out_logprobs=zeros((rows, chunk), jnp.float32),
+        out_raw=zeros((rows, chunk), jnp.float32),
+    )
+
+
+def _constrain_rows(state: DecodeState) -> DecodeState:
+    """Rows over data/fsdp, KV heads over tensor (a no-op outside ``sharding.use_mesh``)."""
     batch = lambda x: sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))  # noqa: E731
-    cache = [LayerCache(sharding.constrain(c.k, CACHE_AXES), sharding.constrain(c.v, CACHE_AXES)) for c in state.cache]
-    rest = {
-        name: batch(getattr(state, name))
-        for name in ("kv_mask", "last_token", "position", "tokens", "logprobs", "raw_logprobs", "length", "done",
-                     "stopped", "stop_ids")
-    }
-    return state.replace(cache=cache, **rest)
+    rest = {name: batch(getattr(state, name))
+            for name in ("length", "last_token", "generated", "done", "stopped", "stop_ids", "out_tokens",
+                         "out_logprobs", "out_raw")}
+    return state.replace(pool=paged.constrain_pool(state.pool), **rest)
 
 
-def _is_stop(tokens: jax.Array, stop_ids: jax.Array) -> jax.Array:
-    return jnp.any(tokens[:, None] == stop_ids, axis=-1)
-
-
-def prefill(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    batch: PrefillBatch,
-    *,
-    n: int,
-    max_new: int,
-    mode: strategy.Mode,
-    cache_dtype: str,
-    pad_id: int,
-) -> DecodeState:
-    """Encodes images and prompts once, repeats them ``n`` times and samples the first token."""
+def prefill(graphdef: nnx.GraphDef, params: nnx.State, pool: list, batch: PrefillBatch, *, cache_dtype: str) -> list:
+    """Encodes images and prompts once and stores their keys and values, compacted, in the pool."""
     model = nnx.merge(graphdef, params)
     p, length = batch.tokens.shape
-    rows = p * n
+    bs = pool[0].k.shape[1]
+    slots = batch.blocks.shape[1] * bs
     positions = jnp.maximum(jnp.cumsum(batch.mask, axis=1) - 1, 0).astype(jnp.int32)
     embeds = embed(model, batch.tokens, batch.pixel_values, batch.tile_mask)
     cache = init_cache(text_config(model), p, length, jnp.dtype(cache_dtype))
-    hidden, cache = model.hidden_states(embeds, positions, batch.mask, cache, 0)
-    logits = model.logits(hidden[:, -1:], padded=True)[:, 0]  # [P, V_padded]
+    _, cache = model.hidden_states(embeds, positions, batch.mask, cache, 0)
+    # Left padding -> slot i holds position i: row p's real tokens start at L - len(p).
+    pad = length - jnp.sum(batch.mask, axis=1)
+    source = jnp.clip(pad[:, None] + jnp.arange(slots)[None, :], 0, length - 1)  # [P, slots]
 
-    def widen(x):  # [P, L, K, H] -> [B, S, K, H]: one copy per sample, room for max_new tokens
-        x = jnp.repeat(x, n, axis=0)
-        return jnp.pad(x, ((0, 0), (0, max_new), (0, 0), (0, 0)))
+    def store(pool_x, x):  # x: [P, L, K, H] -> the prompts' blocks of pool_x [NB, bs, K, H]
+        x = jnp.take_along_axis(x, source[:, :, None, None], axis=1).astype(pool_x.dtype)
+        return pool_x.at[batch.blocks].set(x.reshape(p, -1, bs, *x.shape[2:]))
 
-    cache = [LayerCache(widen(c.k), widen(c.v)) for c in cache]
-    kv_mask = jnp.concatenate([jnp.repeat(batch.mask, n, axis=0), jnp.ones((rows, max_new), bool)], axis=1)
-    # A row's randomness depends only on (seed, prompt index, sample index, step), never on how
-    # prompts were batched, padded or bucketed.
-    base = jax.random.key(batch.seed)
-    row_keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
-        batch.prompt_index, batch.sample_index
+    new = [LayerCache(store(pc.k, c.k), store(pc.v, c.v)) for pc, c in zip(pool, cache)]
+    return paged.constrain_pool(new)
+
+
+def admit(state: DecodeState, new: Admission, row_params: strategy.RowParams) -> DecodeState:
+    """Starts the samples of ``new`` in their rows (and copies their partial prompt blocks)."""
+    base = jax.random.key(state.seed)
+    keys = jax.vmap(lambda i, j: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, i), j)))(
+        new.prompt_index, new.sample_index)
+    pick = lambda fresh, old: jnp.where(new.mask.reshape(-1, *(1,) * (old.ndim - 1)), fresh, old)  # noqa: E731
+    pool = [LayerCache(c.k.at[new.copy_dst].set(c.k[new.copy_src]), c.v.at[new.copy_dst].set(c.v[new.copy_src]))
+            for c in state.pool]
+    state = state.replace(
+        pool=pool,
+        length=pick(new.length, state.length),
+        last_token=pick(new.last_token, state.last_token),
+        generated=pick(jnp.zeros_like(state.generated), state.generated),
+        done=pick(jnp.zeros_like(state.done), state.done),
+        stopped=pick(jnp.zeros_like(state.stopped), state.stopped),
+        row_keys=pick(keys, state.row_keys),
+        row_params=strategy.RowParams(*(pick(a, b) for a, b in zip(row_params, state.row_params))),
+        stop_ids=pick(new.stop_ids, state.stop_ids),
     )
-    out = strategy.sample(
-        jnp.repeat(logits, n, axis=0), strategy.step_keys(row_keys, 0), batch.row_params, mode
-    )
-    first = jnp.where(batch.active, out.tokens, pad_id)
-    stopped = batch.active & _is_stop(first, batch.stop_ids)
-    column = lambda x, dtype: jnp.zeros((rows, max_new), dtype).at[:, 0].set(x)  # noqa: E731
-    state = DecodeState(
-        cache=cache,
-        kv_mask=kv_mask,
-        last_token=first,
-        position=jnp.repeat(positions[:, -1] + 1, n, axis=0),
-        step=jnp.ones((), jnp.int32),
-        tokens=column(first, jnp.int32),
-        logprobs=column(jnp.where(batch.active, out.logprobs, 0.0), jnp.float32),
-        raw_logprobs=column(jnp.where(batch.active, out.raw_logprobs, 0.0), jnp.float32),
-        length=batch.active.astype(jnp.int32),
-        done=~batch.active | stopped | (max_new <= 1),
-        stopped=stopped,
-        row_keys=row_keys,
-        row_params=batch.row_params,
-        stop_ids=batch.stop_ids,
-    )
-    return _constrain_state(state)
+    return _constrain_rows(state)
+
+
+def reset(state: DecodeState, seed: jax.Array, max_new: jax.Array) -> DecodeState:
+    """All rows free, for a new ``generate`` call (the pool's contents are dead)."""
+    return state.replace(done=jnp.ones_like(state.done), seed=seed.astype(jnp.uint32),
+                         max_new=max_new.astype(jnp.int32))
+
+
+def release(state: DecodeState, rows: jax.Array) -> DecodeState:
+    """Marks rows (bool[B]) free: the host took their blocks back (preemption)."""
+    return state.replace(done=state.done | rows)
 
 
 def decode(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     state: DecodeState,
-    stop_at: jax.Array,
+    table: jax.Array,
+    steps: jax.Array,
+    refill_at: jax.Array,
     *,
     mode: strategy.Mode,
     pad_id: int,
 ) -> DecodeState:
-    """Generates tokens until ``step == stop_at`` (<= max_new) or every row is done."""
+    """Up to ``steps`` (<= C) one-token steps of every live row over the block ``table``
+    (int32[B, MB]); stops early when every row is done or ``refill_at`` rows are done.
+
+    Row r's tokens of this call are ``out_*[r, :generated_after - generated_before]``.
+    """
     model = nnx.merge(graphdef, params)
-    max_new = state.tokens.shape[1]
-    prompt_slots = state.kv_mask.shape[1] - max_new
+    lm = language_model(model)
 
-    def cond(s: DecodeState):
-        return (s.step < stop_at) & ~jnp.all(s.done)
+    def cond(carry):
+        t, s = carry
+        n_done = jnp.sum(s.done)
+        return (t < steps) & (n_done < s.done.shape[0]) & (n_done < refill_at)
 
-    def body(s: DecodeState) -> DecodeState:
-        x = embed(model, s.last_token[:, None])
-        slot = prompt_slots + s.step - 1  # where last_token's keys and values go
-        hidden, cache = model.hidden_states(x, s.position[:, None], s.kv_mask, s.cache, slot)
-        logits = model.logits(hidden, padded=True)[:, 0]
-        out = strategy.sample(logits, strategy.step_keys(s.row_keys, s.step), s.row_params, mode)
+    def body(carry):
+        t, s = carry
         live = ~s.done
+        x = embed(model, s.last_token[:, None])
+        hidden, pool = paged.decoder_step(lm, x, s.pool, table, s.length, live)
+        logits = model.logits(hidden, padded=True)[:, 0]
+        keys = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(s.row_keys), s.generated)
+        out = strategy.sample(logits, keys, s.row_params, mode)
         token = jnp.where(live, out.tokens, pad_id)
-        stop = live & _is_stop(token, s.stop_ids)
-        put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, s.step))  # noqa: E731
+        stop = live & jnp.any(token[:, None] == s.stop_ids, axis=-1)
+        generated = s.generated + live
+        put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, t))  # noqa: E731
         new = s.replace(
-            cache=cache,
-            last_token=token,
-            position=s.position + 1,
-            step=s.step + 1,
-            tokens=put(s.tokens, token),
-            logprobs=put(s.logprobs, jnp.where(live, out.logprobs, 0.0)),
-            raw_logprobs=put(s.raw_logprobs, jnp.where(live, out.raw_logprobs, 0.0)),
-            length=jnp.where(live, s.step + 1, s.length),
-            done=s.done | stop | (s.step + 1 >= max_new),
+            pool=pool,
+            length=s.length + live,
+            last_token=jnp.where(live, token, s.last_token),
+            generated=generated,
+            done=s.done | stop | (generated >= s.max_new),
             stopped=s.stopped | stop,
+            out_tokens=put(s.out_tokens, token),
+            out_logprobs=put(s.out_logprobs, jnp.where(live, out.logprobs, 0.0)),
+            out_raw=put(s.out_raw, jnp.where(live, out.raw_logprobs, 0.0)),
         )
-        return _constrain_state(new)
+        return t + 1, _constrain_rows(new)
 
-    return jax.lax.while_loop(cond, body, state)
+    _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
+    return state

@@ -5,18 +5,25 @@
 ``GenerationResult`` per prompt as soon as all its samples are finished; ``generate`` collects
 them in prompt order.
 
-Static shapes: prompts are left-padded to the smallest bucket of ``SamplerConfig.buckets`` that
-holds them, batches are padded to a fixed number of prompts (and image tiles to a fixed budget),
-and the cache holds ``bucket + max_new_tokens`` slots. So for fixed sampling settings the
-compiled programs are one prefill and one decode per bucket used (plus one more pair per bucket
-if a multimodal sampler also sees batches without any image). Each new program is logged;
-``compiled_programs()`` counts what XLA compiled, shared by all samplers of the same model graph.
+Continuous batching over a paged KV cache (``paged``, ``loop``): ``batch_size`` decode rows each
+work on one (prompt, sample) at a time. Between decode calls (at most ``decode_chunk`` steps;
+a call ends early once a few rows are free and samples wait) finished rows are reported and
+refilled from the queue. A prompt is prefilled once, when its first sample starts; all its
+samples share its full KV blocks. KV memory is a pool of ``kv_budget`` tokens in blocks of
+``block_size``: a row holds blocks for what it has generated plus one decode call, so the
+``max_new_tokens`` cap sizes nothing. When the pool runs out the newest rows are restarted
+later (same keys, so the same samples). ``kv_usage`` reports the use of the last call.
 
-Work plan: prompts are sorted by length (longest first, so memory errors surface early) and cut
-into batches of ``batch_size // n`` prompts, each prompt owning ``n`` decode rows that share its
-prefix. A prompt with more samples than ``batch_size`` is split over several batches (each
-re-prefills it). Decoding runs in chunks of ``decode_chunk`` steps; between chunks the host
-yields prompts whose samples are all done, and a batch ends as soon as all its rows are done.
+Compiled programs, for fixed sampling settings: one decode and one admit program; one prefill
+per (bucket, prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
+chosen on ``len(prompt) - 1`` (the last prompt token is fed by the first decode step). Each new
+program is logged; ``compiled_programs()`` counts what XLA compiled, shared by all samplers of
+the same model graph.
+
+Floating point: a sample's tokens depend on (seed, prompt, sample) and the weights; its row and
+its neighbours only change which rows are computed together, and rows do not interact, so
+results do not depend on batching up to XLA's batch-size-dependent rounding (not seen on CPU
+in the tests, which compare exactly).
 
 Parameters are whatever ``nnx.split(model)`` gives; place them on the mesh beforehand
 (``sharding.create_sharded`` / ``shard_module``) and swap them with ``update_params`` without
@@ -25,7 +32,9 @@ recompiling.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -38,6 +47,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from sophia_jax import sharding
+from sophia_jax.errors import UserError
 from sophia_jax.sampling import loop, strategy
 
 logger = logging.getLogger(__name__)
@@ -119,33 +129,71 @@ class GenerationResult:
 class SamplerConfig:
     """How the sampler batches and caches (independent of the sampling settings)."""
 
-    batch_size: int = 8  # decode rows per batch; prompts per prefill = batch_size // n
+    batch_size: int = 8  # decode rows, each holding one sample at a time
     buckets: tuple[int, ...] = DEFAULT_BUCKETS  # prompt-length ladder (slots), ascending
     cache_dtype: str = "bfloat16"  # KV cache dtype; float32 for exact parity tests
-    tile_budget: int = 16  # image tiles per prefill batch, padded; bounds vision compute
-    decode_chunk: int = 256  # decode steps per jitted call; the host checks progress between
+    tile_budget: int = 16  # image tiles per prefill call, padded; bounds vision compute
+    decode_chunk: int = 256  # most decode steps per jitted call; rows are refilled between calls
     pad_id: int = 0  # fills left padding and the tokens after a row stops
     progress: bool = True  # tqdm bar: prompts done/total, tokens/s, ETA
+    kv_budget: int = 65536  # KV-cache tokens held at once, over all rows and prompts
+    block_size: int = 64  # KV-cache tokens per block (the unit of allocation)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Item:
-    """Samples [offset, offset + count) of prompt ``index``."""
+@dataclasses.dataclass
+class KVUsage:
+    """KV-cache use of the last ``generate`` call: per decode call, and the peak."""
 
-    index: int
-    offset: int
-    count: int
+    budget_tokens: int
+    block_size: int
+    peak_blocks: int = 0
+    peak_live_tokens: int = 0
+    preempted: int = 0  # samples restarted because the budget ran out
+    prefilled: int = 0  # prompts prefilled (once for all their samples, unless preempted and evicted)
+    history: list = dataclasses.field(default_factory=list)  # (live rows, live tokens, blocks in use)
+
+    @property
+    def peak_tokens(self) -> int:
+        return self.peak_blocks * self.block_size
+
+
+@dataclasses.dataclass
+class _Prefix:
+    """A prefilled prompt in the pool, shared by its samples until all of them are done."""
+
+    blocks: list  # pool blocks holding its first length tokens
+    length: int  # prompt length - 1
+    unfinished: int  # samples not yet done (queued or decoding)
+
+
+@dataclasses.dataclass
+class _Row:
+    """The sample a decode row is working on."""
+
+    prompt: int
+    sample: int
+    blocks: list  # its block table (shared prefix blocks first)
+    own: list  # the blocks it owns (freed when it ends)
+    cap: int  # blocks it can need at most
+    order: int  # admission counter (newest rows are preempted first)
+    generated: int = 0
+    tokens: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)
+    raw: list = dataclasses.field(default_factory=list)
 
 
 # Module-level jits: every Sampler over the same model graph shares the compiled programs (a new
 # Sampler per RL iteration recompiles nothing). The weights are arguments, the graph is static.
-_prefill = jax.jit(loop.prefill, static_argnames=("graphdef", "n", "max_new", "mode", "cache_dtype", "pad_id"))
+_prefill = jax.jit(loop.prefill, static_argnames=("graphdef", "cache_dtype"), donate_argnames=("pool",))
+_admit = jax.jit(loop.admit, donate_argnames=("state",))
+_reset = jax.jit(loop.reset, donate_argnames=("state",))
+_release = jax.jit(loop.release, donate_argnames=("state",))
 _decode = jax.jit(loop.decode, static_argnames=("graphdef", "mode", "pad_id"), donate_argnames=("state",))
 
 
 def compiled_programs() -> dict[str, int]:
-    """How many prefill and decode programs have been compiled in this process (all samplers)."""
-    return {"prefill": _prefill._cache_size(), "decode": _decode._cache_size()}
+    """How many programs of each kind have been compiled in this process (all samplers)."""
+    return {"prefill": _prefill._cache_size(), "decode": _decode._cache_size(), "admit": _admit._cache_size()}
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -165,13 +213,24 @@ def _mode(params: SamplingParams, vocab: int) -> strategy.Mode:
     return strategy.Mode(k_cap=k_cap, top_p=params.top_p < 1.0)
 
 
+def _pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def _blocks(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
 class Sampler:
-    """Samples from a CausalLM or an InternVL with a static KV cache; see the module docstring."""
+    """Samples from a CausalLM or an InternVL with a paged KV cache; see the module docstring."""
 
     def __init__(self, model: nnx.Module, config: SamplerConfig = SamplerConfig(), *, mesh: Mesh | None = None,
                  tokenizer=None):
         if list(config.buckets) != sorted(config.buckets) or not config.buckets:
             raise ValueError(f"buckets must be a non-empty ascending ladder, got {config.buckets}")
+        if config.block_size < 1 or config.kv_budget < config.block_size:
+            raise ValueError(f"need block_size >= 1 and kv_budget >= block_size, got {config.block_size}, "
+                             f"{config.kv_budget}")
         self.config = config
         self.mesh = mesh
         self.tokenizer = tokenizer
@@ -181,8 +240,11 @@ class Sampler:
         if self.multimodal:
             self.image_token_id = model.config.image_token_id
             self.tokens_per_tile = model.config.tokens_per_tile
-        self.programs: set[tuple] = set()  # prefill/decode signatures this sampler has run
+        self.num_blocks = config.kv_budget // config.block_size + 1  # + the scratch block
+        self.programs: set[tuple] = set()  # signatures this sampler has run
         self.buckets_used: set[int] = set()
+        self.kv_usage = KVUsage(config.kv_budget, config.block_size)
+        self._state: loop.DecodeState | None = None  # kept between calls: the pool is allocated once
 
     # -- weights and bookkeeping ---------------------------------------------------------------
 
@@ -195,6 +257,11 @@ class Sampler:
         if old_tree != new_tree or any((a.shape, a.dtype) != (b.shape, b.dtype) for a, b in zip(old, new)):
             raise ValueError("new parameters differ in structure, shape or dtype from the sampler's model")
         self.params = params
+
+    def _note(self, key: tuple, what: str) -> None:
+        if key not in self.programs:
+            self.programs.add(key)
+            logger.info("sampler: compiling %s %s; %d programs so far", what, key[1:], len(self.programs))
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -210,31 +277,21 @@ class Sampler:
         prompts = [p if isinstance(p, Prompt) else Prompt(tokens=list(p)) for p in prompts]
         for i, p in enumerate(prompts):
             self._validate(i, p, params)
-        per_prompt = min(params.n, self.config.batch_size)
-        prompts_per_batch = max(1, self.config.batch_size // per_prompt)
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].tokens))
-        items = [_Item(i, off, min(per_prompt, params.n - off)) for i in order for off in range(0, params.n, per_prompt)]
-        batches = self._plan(items, prompts, prompts_per_batch)
-
-        pending = {i: [None] * params.n for i in range(len(prompts))}
-        left = {i: math.ceil(params.n / per_prompt) for i in range(len(prompts))}
+        if not prompts:
+            return
+        run = _Run(self, prompts, params)
         bar = _progress(len(prompts), self.config.progress)
-        start, generated = time.perf_counter(), 0
+        start = time.perf_counter()
         try:
-            for batch in batches:
-                for item, samples, new_tokens in self._run_batch(batch, prompts, params, per_prompt, prompts_per_batch):
-                    generated += new_tokens
-                    if item is None:  # progress tick only
-                        bar.set_postfix(tok_s=f"{generated / max(time.perf_counter() - start, 1e-9):.1f}")
-                        continue
-                    pending[item.index][item.offset : item.offset + item.count] = samples
-                    left[item.index] -= 1
-                    if left[item.index] == 0:
-                        bar.update(1)
-                        bar.set_postfix(tok_s=f"{generated / max(time.perf_counter() - start, 1e-9):.1f}")
-                        yield GenerationResult(item.index, prompts[item.index], pending.pop(item.index))
+            for result, generated in run:
+                if result is not None:
+                    bar.update(1)
+                bar.set_postfix(tok_s=f"{generated / max(time.perf_counter() - start, 1e-9):.1f}")
+                if result is not None:
+                    yield result
         finally:
             bar.close()
+            self._state = run.state  # the pool (maybe mid-run, after a break) for the next call
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -244,7 +301,7 @@ class Sampler:
             raise ValueError(f"prompt {index}: expected a non-empty 1-D token list, got shape {tokens.shape}")
         if tokens.min() < 0 or tokens.max() >= self.text_config.vocab_size:
             raise ValueError(f"prompt {index}: token ids must be in [0, {self.text_config.vocab_size})")
-        bucket_for(len(tokens), self.config.buckets)
+        bucket_for(len(tokens) - 1, self.config.buckets)
         stops = set(params.stop_token_ids) | set(prompt.stop_token_ids)
         if len(stops) > MAX_STOP_TOKENS:
             raise ValueError(f"prompt {index}: {len(stops)} stop tokens, at most {MAX_STOP_TOKENS}")
@@ -259,130 +316,280 @@ class Sampler:
                 )
             if prompt.num_tiles > self.config.tile_budget:
                 raise ValueError(f"prompt {index}: {prompt.num_tiles} tiles exceed tile_budget {self.config.tile_budget}")
+            if tokens[-1] == self.image_token_id:  # the last token is decoded as text (see loop)
+                raise ValueError(f"prompt {index} ends with an image token; end it with text (the chat template does)")
+        bs, chunk = self.config.block_size, min(self.config.decode_chunk, params.max_new_tokens)
+        need = _blocks(len(tokens) - 1, bs) + _blocks(len(tokens) - 1 + min(chunk, params.max_new_tokens), bs)
+        if need > self.num_blocks - 1:
+            raise SamplerConfigError(
+                f"prompt {index}: {len(tokens)} tokens need {need} KV blocks of {bs} to start decoding, "
+                f"sampler kv_budget {self.config.kv_budget} holds {self.num_blocks - 1}; raise kv_budget")
 
-    def _plan(self, items: list[_Item], prompts: list[Prompt], prompts_per_batch: int) -> list[list[_Item]]:
-        """Consecutive items (sorted by length) packed under the prompt and tile budgets."""
-        batches, current, tiles = [], [], 0
-        for item in items:
-            t = prompts[item.index].num_tiles
-            if current and (len(current) == prompts_per_batch or tiles + t > self.config.tile_budget):
-                batches.append(current)
-                current, tiles = [], 0
-            current.append(item)
-            tiles += t
-        if current:
-            batches.append(current)
-        return batches
-
-    def _put(self, x, axes):
+    def _put(self, x, axes=("batch",)):
         """Host array -> device, batch dim over data/fsdp when there is a mesh."""
         if self.mesh is None:
             return jnp.asarray(x)
         spec = sharding.logical_to_spec(axes + (None,) * (np.ndim(x) - len(axes)), np.shape(x), self.mesh)
         return jax.device_put(x, NamedSharding(self.mesh, spec))
 
-    def _prefill_batch(self, batch, prompts, params, per_prompt, prompts_per_batch) -> tuple[loop.PrefillBatch, int]:
-        length = max(len(prompts[it.index].tokens) for it in batch)
-        bucket = bucket_for(length, self.config.buckets)
-        rows = prompts_per_batch * per_prompt
-        tokens = np.full((prompts_per_batch, bucket), self.config.pad_id, np.int32)
-        mask = np.zeros((prompts_per_batch, bucket), bool)
-        prompt_index = np.zeros(rows, np.int32)
-        sample_index = np.zeros(rows, np.int32)
-        active = np.zeros(rows, bool)
-        stop_ids = np.full((rows, MAX_STOP_TOKENS), -1, np.int32)
+    def _fresh_state(self, params: SamplingParams) -> loop.DecodeState:
+        """All rows free; the pool of the previous call is reused (its contents are dead)."""
+        cfg = self.config
+        seed, max_new = np.uint32(params.seed % 2**32), params.max_new_tokens
+        state = self._state
+        shape_ok = state is not None and state.pool[0].k.dtype == jnp.dtype(cfg.cache_dtype)
+        if not shape_ok:
+            with sharding.use_mesh(self.mesh):
+                state = jax.jit(functools.partial(
+                    loop.init_state, self.text_config, rows=cfg.batch_size, chunk=cfg.decode_chunk,
+                    num_blocks=self.num_blocks, block_size=cfg.block_size, dtype=cfg.cache_dtype,
+                    stop_slots=MAX_STOP_TOKENS))(seed, max_new)
+        self._state = None
+        state = _reset(state, np.uint32(seed), np.int32(max_new))
+        # Committed, as the outputs of decode are: otherwise the first admit of a call would
+        # compile a second program (jit caches on committed-ness too).
+        if self.mesh is None:
+            return jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
+        replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.tree.map(lambda x: jax.device_put(x, replicated), state)
+
+    def _sample(self, row: _Row, stopped: bool) -> Sample:
+        sample = Sample(tokens=np.asarray(row.tokens, np.int32), logprobs=np.asarray(row.logprobs, np.float32),
+                        raw_logprobs=np.asarray(row.raw, np.float32), finish_reason="stop" if stopped else "length")
+        if self.tokenizer is not None:
+            body = sample.tokens[:-1] if stopped else sample.tokens
+            sample.text = self.tokenizer.decode(body.tolist(), skip_special_tokens=True)
+        return sample
+
+
+class SamplerConfigError(UserError, ValueError):
+    """The sampler's settings cannot serve the request (e.g. the KV budget is too small)."""
+
+
+class _Run:
+    """One ``generate_iter`` call: the queue of (prompt, sample), the rows, the block allocator.
+
+    Iterating yields (result or None, generated tokens so far) after each decode call.
+    """
+
+    def __init__(self, sampler: Sampler, prompts: list[Prompt], params: SamplingParams):
+        self.s, self.prompts, self.params = sampler, prompts, params
+        cfg = sampler.config
+        self.bs, self.rows_n, self.chunk = cfg.block_size, cfg.batch_size, cfg.decode_chunk
+        self.mode = _mode(params, sampler.text_config.vocab_size)
+        longest = max(len(p.tokens) for p in prompts)
+        self.table_width = min(_pow2(_blocks(longest - 1 + params.max_new_tokens, self.bs)), sampler.num_blocks)
+        self.table = np.zeros((self.rows_n, self.table_width), np.int32)
+        self.free = list(range(sampler.num_blocks - 1, 0, -1))  # block 0 is scratch
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].tokens))  # long first: errors early
+        self.queue = collections.deque((i, j) for i in order for j in range(params.n))
+        self.prefixes: dict[int, _Prefix] = {}
+        self.rows: list[_Row | None] = [None] * self.rows_n
+        self.samples = {i: [None] * params.n for i in range(len(prompts))}
+        self.stops = {i: sorted(set(params.stop_token_ids) | set(p.stop_token_ids)) for i, p in enumerate(prompts)}
+        vocab = sampler.text_config.vocab_size
+        self.row_params = strategy.RowParams(
+            temperature=sampler._put(np.full(self.rows_n, params.temperature, np.float32)),
+            top_p=sampler._put(np.full(self.rows_n, params.top_p, np.float32)),
+            top_k=sampler._put(np.full(self.rows_n, params.top_k if params.top_k < vocab else 0, np.int32)),
+        )
+        self.admitted = 0
+        self.generated = 0
+        sampler.kv_usage = self.usage = KVUsage(cfg.kv_budget, self.bs)
+        self.state = sampler._fresh_state(params)
+
+    # -- block allocation ------------------------------------------------------------------------
+
+    def _row_need(self, length: int, cap: int) -> int:
+        """Blocks a row of ``length`` filled slots needs to run one more decode call."""
+        return min(_blocks(length + self.chunk, self.bs), cap)
+
+    def _preempt(self, r: int) -> None:
+        row = self.rows[r]
+        self.free.extend(row.own)
+        self.queue.appendleft((row.prompt, row.sample))  # it restarts identically (keys are per sample)
+        self.rows[r] = None
+        self.usage.preempted += 1
+        logger.info("sampler: kv_budget full, restarting prompt %d sample %d later", row.prompt, row.sample)
+
+    def _grow(self) -> list[int]:
+        """Gives every live row the blocks for one more decode call, oldest rows first; preempts
+        the newest rows when the budget runs out. Returns the preempted rows."""
+        preempted = []
+        live = sorted((r for r, row in enumerate(self.rows) if row is not None), key=lambda r: self.rows[r].order)
+        for r in live:
+            row = self.rows[r]
+            if row is None:
+                continue
+            need = self._row_need(self.prefixes[row.prompt].length + row.generated, row.cap)
+            while len(row.blocks) < need:
+                if not self.free:
+                    victim = max((v for v, x in enumerate(self.rows) if x is not None), key=lambda v: self.rows[v].order)
+                    if victim == r and len(live) == 1:
+                        raise SamplerConfigError(f"sampler kv_budget {self.s.config.kv_budget} is too small for one "
+                                                 f"sample of prompt {row.prompt}; raise kv_budget")
+                    self._preempt(victim)
+                    preempted.append(victim)
+                    if victim == r:
+                        break
+                    continue
+                block = self.free.pop()
+                row.blocks.append(block)
+                row.own.append(block)
+            if self.rows[r] is not None:
+                self.table[r, : len(row.blocks)] = row.blocks
+        return preempted
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Starts queued samples in free rows while the budget allows; prefills new prompts."""
+        s, bs = self.s, self.bs
+        free_rows = [r for r, row in enumerate(self.rows) if row is None]
+        to_prefill, started = [], []
+        while free_rows and self.queue:
+            p, j = self.queue[0]
+            length = len(self.prompts[p].tokens) - 1
+            full, partial = divmod(length, bs)
+            new_prefix = p not in self.prefixes
+            cap = _blocks(length + self.params.max_new_tokens, bs)
+            cost = (_blocks(length, bs) if new_prefix else 0) + self._row_need(length, cap) - full
+            tiles = sum(self.prompts[q].num_tiles for q in to_prefill) + self.prompts[p].num_tiles
+            if cost > len(self.free) or (new_prefix and tiles > s.config.tile_budget):
+                break
+            self.queue.popleft()
+            if new_prefix:
+                blocks = [self.free.pop() for _ in range(_blocks(length, bs))]
+                self.prefixes[p] = _Prefix(blocks, length, self.params.n)
+                to_prefill.append(p)
+            prefix = self.prefixes[p]
+            own = [self.free.pop() for _ in range(self._row_need(length, cap) - full)]
+            r = free_rows.pop(0)
+            self.rows[r] = _Row(p, j, prefix.blocks[:full] + own, own, cap, self.admitted)
+            self.admitted += 1
+            self.table[r] = 0
+            self.table[r, : len(self.rows[r].blocks)] = self.rows[r].blocks
+            started.append((r, prefix.blocks[full] if partial else 0, own[0] if partial else 0))
+        if to_prefill:
+            self._prefill(to_prefill)
+        if started:
+            self._start(started)
+
+    def _prefill(self, prompt_ids: list[int]) -> None:
+        """One prefill call for prompts with something to prefill (a 1-token prompt has nothing)."""
+        s, bs = self.s, self.bs
+        prompt_ids = [p for p in prompt_ids if self.prefixes[p].length > 0]
+        if not prompt_ids:
+            return
+        bucket = bucket_for(max(self.prefixes[p].length for p in prompt_ids), s.config.buckets)
+        count = _pow2(len(prompt_ids))  # a ladder of prefill widths: few programs, little padding
+        tokens = np.full((count, bucket), s.config.pad_id, np.int32)
+        mask = np.zeros((count, bucket), bool)
+        blocks = np.zeros((count, _blocks(bucket, bs)), np.int32)
         tiles = []
-        for j, item in enumerate(batch):
-            prompt = prompts[item.index]
-            ids = np.asarray(prompt.tokens, np.int32)
-            tokens[j, bucket - len(ids):] = ids
-            mask[j, bucket - len(ids):] = True
-            sl = slice(j * per_prompt, (j + 1) * per_prompt)
-            prompt_index[sl] = item.index
-            sample_index[sl] = item.offset + np.arange(per_prompt)
-            active[sl] = np.arange(per_prompt) < item.count
-            stops = sorted(set(params.stop_token_ids) | set(prompt.stop_token_ids))
-            stop_ids[sl, : len(stops)] = stops
+        for k, p in enumerate(prompt_ids):
+            prompt, prefix = self.prompts[p], self.prefixes[p]
+            ids = np.asarray(prompt.tokens, np.int32)[:-1]
+            tokens[k, bucket - len(ids):] = ids
+            mask[k, bucket - len(ids):] = True
+            blocks[k, : len(prefix.blocks)] = prefix.blocks
             if prompt.pixel_values is not None:
                 tiles.append(np.asarray(prompt.pixel_values, np.float32))
         pixel_values = tile_mask = None
         if tiles:
             real = np.concatenate(tiles)
-            pixel_values = np.zeros((self.config.tile_budget, *real.shape[1:]), np.float32)
+            pixel_values = np.zeros((s.config.tile_budget, *real.shape[1:]), np.float32)
             pixel_values[: len(real)] = real
-            tile_mask = np.arange(self.config.tile_budget) < len(real)
-        rp = strategy.RowParams(
-            temperature=np.full(rows, params.temperature, np.float32),
-            top_p=np.full(rows, params.top_p, np.float32),
-            top_k=np.full(rows, params.top_k if params.top_k < self.text_config.vocab_size else 0, np.int32),
-        )
-        b = ("batch",)
-        pb = loop.PrefillBatch(
-            tokens=self._put(tokens, b),
-            mask=self._put(mask, b),
-            pixel_values=None if pixel_values is None else self._put(pixel_values, b),
-            tile_mask=None if tile_mask is None else self._put(tile_mask, b),
-            seed=jnp.asarray(np.uint32(params.seed % 2**32)),
-            prompt_index=self._put(prompt_index, b),
-            sample_index=self._put(sample_index, b),
-            row_params=strategy.RowParams(*(self._put(x, b) for x in rp)),
-            stop_ids=self._put(stop_ids, b),
-            active=self._put(active, b),
-        )
-        return pb, bucket
+            tile_mask = np.arange(s.config.tile_budget) < len(real)
+        batch = loop.PrefillBatch(
+            tokens=s._put(tokens), mask=s._put(mask),
+            pixel_values=None if pixel_values is None else s._put(pixel_values, ()),
+            tile_mask=None if tile_mask is None else s._put(tile_mask, ()),
+            blocks=s._put(blocks))
+        s._note(("prefill", bucket, count, pixel_values is not None), "prefill")
+        self.usage.prefilled += len(prompt_ids)
+        s.buckets_used.add(bucket)
+        with sharding.use_mesh(s.mesh):
+            pool = _prefill(s.graphdef, s.params, self.state.pool, batch, cache_dtype=s.config.cache_dtype)
+        self.state = self.state.replace(pool=pool)
 
-    def _run_batch(self, batch, prompts, params, per_prompt, prompts_per_batch):
-        """Runs one batch; yields (item, samples, new_tokens) per finished item, or (None, [], new_tokens)."""
-        pb, bucket = self._prefill_batch(batch, prompts, params, per_prompt, prompts_per_batch)
-        mode = _mode(params, self.text_config.vocab_size)
-        max_new = params.max_new_tokens
-        key = (bucket, prompts_per_batch, per_prompt, max_new, pb.pixel_values is not None, mode)
-        if key not in self.programs:
-            self.programs.add(key)
-            logger.info(
-                "sampler: compiling for bucket %d (prefill %d prompts, decode %d rows x %d slots, images=%s, %s); "
-                "%d program pairs so far", bucket, prompts_per_batch, prompts_per_batch * per_prompt,
-                bucket + max_new, key[4], mode, len(self.programs))
-        self.buckets_used.add(bucket)
-        static = dict(mode=mode, pad_id=self.config.pad_id)
-        with sharding.use_mesh(self.mesh):
-            state = _prefill(self.graphdef, self.params, pb, n=per_prompt, max_new=max_new,
-                                  cache_dtype=self.config.cache_dtype, **static)
-            reported = np.zeros(len(batch), bool)
-            seen_tokens = 0
-            while True:
-                done, lengths, step = jax.device_get((state.done, state.length, state.step))
-                total = int(lengths.sum())
-                new_tokens, seen_tokens = total - seen_tokens, total
-                finished = [j for j in range(len(batch))
-                            if not reported[j] and done[j * per_prompt:(j + 1) * per_prompt].all()]
-                if finished:
-                    host = jax.device_get((state.tokens, state.logprobs, state.raw_logprobs, state.stopped))
-                    for j in finished:
-                        reported[j] = True
-                        yield batch[j], self._samples(host, lengths, j, per_prompt, batch[j].count), new_tokens
-                        new_tokens = 0
-                if new_tokens:
-                    yield None, [], new_tokens
-                if reported.all():
-                    return
-                stop_at = min(int(step) + self.config.decode_chunk, max_new)
-                state = _decode(self.graphdef, self.params, state, jnp.int32(stop_at), **static)
+    def _start(self, started: list[tuple[int, int, int]]) -> None:
+        s, n = self.s, self.rows_n
+        mask = np.zeros(n, bool)
+        length, last, pi, si = (np.zeros(n, np.int32) for _ in range(4))
+        src, dst = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        stop_ids = np.full((n, MAX_STOP_TOKENS), -1, np.int32)
+        for r, copy_from, copy_to in started:
+            row = self.rows[r]
+            tokens = self.prompts[row.prompt].tokens
+            mask[r], length[r], last[r], pi[r], si[r] = True, len(tokens) - 1, tokens[-1], row.prompt, row.sample
+            src[r], dst[r] = copy_from, copy_to
+            stops = self.stops[row.prompt]
+            stop_ids[r, : len(stops)] = stops
+        new = loop.Admission(*(s._put(x) for x in (mask, length, last, pi, si, stop_ids, src, dst)))
+        with sharding.use_mesh(s.mesh):
+            self.state = _admit(self.state, new, self.row_params)
 
-    def _samples(self, host, lengths, j, per_prompt, count) -> list[Sample]:
-        tokens, logprobs, raw, stopped = host
-        out = []
-        for r in range(j * per_prompt, j * per_prompt + count):
-            n = int(lengths[r])
-            sample = Sample(
-                tokens=tokens[r, :n].copy(), logprobs=logprobs[r, :n].copy(), raw_logprobs=raw[r, :n].copy(),
-                finish_reason="stop" if stopped[r] else "length",
-            )
-            if self.tokenizer is not None:
-                body = sample.tokens[:-1] if stopped[r] else sample.tokens
-                sample.text = self.tokenizer.decode(body.tolist(), skip_special_tokens=True)
-            out.append(sample)
-        return out
+    # -- the loop --------------------------------------------------------------------------------
+
+    def __iter__(self):
+        s = self.s
+        static = dict(mode=self.mode, pad_id=s.config.pad_id)
+        s._note(("decode", self.rows_n, self.chunk, self.table_width, self.mode), "decode")
+        while self.queue or any(row is not None for row in self.rows):
+            preempted = self._grow()
+            if preempted:
+                mask = np.zeros(self.rows_n, bool)
+                mask[preempted] = True
+                with sharding.use_mesh(s.mesh):
+                    self.state = _release(self.state, s._put(mask))
+            self._admit()
+            live = [r for r, row in enumerate(self.rows) if row is not None]
+            if not live:
+                raise SamplerConfigError(f"sampler kv_budget {s.config.kv_budget} cannot hold the next prompt; "
+                                         f"raise kv_budget")
+            self._record(live)
+            # Come back for a refill once a few rows are free, if anything waits.
+            want = min(len(self.queue), max(1, self.rows_n // 8)) if self.queue else self.rows_n + 1
+            refill_at = self.rows_n - len(live) + want
+            with sharding.use_mesh(s.mesh):
+                self.state = _decode(s.graphdef, s.params, self.state, s._put(self.table), jnp.int32(self.chunk),
+                                     jnp.int32(refill_at), **static)
+            done, generated, stopped, tokens, logprobs, raw = jax.device_get((
+                self.state.done, self.state.generated, self.state.stopped, self.state.out_tokens,
+                self.state.out_logprobs, self.state.out_raw))
+            for r in live:
+                row = self.rows[r]
+                k = int(generated[r]) - row.generated
+                row.tokens.extend(tokens[r, :k].tolist())
+                row.logprobs.extend(logprobs[r, :k].tolist())
+                row.raw.extend(raw[r, :k].tolist())
+                row.generated += k
+                self.generated += k
+                if done[r]:
+                    yield self._finish(r, bool(stopped[r])), self.generated
+            yield None, self.generated
+
+    def _record(self, live: list[int]) -> None:
+        tokens = sum(self.prefixes[self.rows[r].prompt].length + self.rows[r].generated for r in live)
+        used = self.s.num_blocks - 1 - len(self.free)
+        self.usage.history.append((len(live), tokens, used))
+        self.usage.peak_blocks = max(self.usage.peak_blocks, used)
+        self.usage.peak_live_tokens = max(self.usage.peak_live_tokens, tokens)
+
+    def _finish(self, r: int, stopped: bool) -> GenerationResult | None:
+        row = self.rows[r]
+        self.rows[r] = None
+        self.table[r] = 0
+        self.free.extend(row.own)
+        self.samples[row.prompt][row.sample] = self.s._sample(row, stopped)
+        prefix = self.prefixes[row.prompt]
+        prefix.unfinished -= 1
+        if prefix.unfinished:
+            return None
+        self.free.extend(prefix.blocks)
+        del self.prefixes[row.prompt]
+        return GenerationResult(row.prompt, self.prompts[row.prompt], self.samples.pop(row.prompt))
 
 
 def _progress(total: int, enabled: bool):

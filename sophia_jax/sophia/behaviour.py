@@ -88,6 +88,7 @@ def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
         model,
         SamplerConfig(batch_size=s.batch_size, buckets=tuple(s.buckets), cache_dtype=s.cache_dtype,
                       tile_budget=s.tile_budget, decode_chunk=s.decode_chunk, progress=s.progress,
+                      kv_budget=s.kv_budget, block_size=s.block_size,
                       pad_id=int(tokenizer.pad_token_id or 0)),
         mesh=mesh, tokenizer=tokenizer,
     )
