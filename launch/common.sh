@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034  # the settings are read by the scripts that source this file
 # Shared by every launch/ script: settings from flags or environment, and a dry-run wrapper.
 # Each setting NAME has a flag --name and an environment variable SOPHIA_NAME; the flag wins.
 #   TPU_NAME ZONE PROJECT ACCELERATOR VERSION REF REPO CONFIG STAGE LOGS DRY_RUN SPOT QUEUED

@@ -16,6 +16,7 @@ for attempt in 1 2 3 4 5; do
   [[ "$state" == ACTIVE ]] && { echo "stage failed on a live slice; not retrying" >&2; exit 1; }
   "$here/delete.sh" "$@" --queued
   "$here/create.sh" "$@" --queued
+  # shellcheck disable=SC2046
   until [[ "$(gcloud compute tpus queued-resources describe "$TPU_NAME" $(gcloud_where) --format='value(state.state)')" == ACTIVE ]]; do sleep 60; done
   "$here/setup.sh" "$@"
 done
