@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sophia_jax import checkpoint, sharding
+from sophia_jax import checkpoint, distributed, sharding
 from sophia_jax.data import chat_templates
 from sophia_jax.data.datasets import FieldMap, Question, read_questions
 from sophia_jax.data.images import ImageError, TilingConfig
@@ -268,6 +268,7 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
             node = node[part]
         if not node:
             raise ValueError(f"config field {field!r} is required")
+    distributed.initialize(cfg.distributed)  # before any device is touched: each host learns its place
     report = Report()
     process_index, process_count = jax.process_index(), jax.process_count()
     store = TrajectoryStore(cfg.output_dir, process_index=process_index, process_count=process_count)
