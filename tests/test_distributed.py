@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from sophia_jax import distributed
@@ -70,8 +71,19 @@ def _snapshot(store):
         key = (r.question_id, r.caption_index, r.trajectory_index)
         assert key not in out, f"record {key} stored twice"
         out[key] = (r.caption, r.trajectory, r.outcome_reward, r.caption_reward, r.selected,
-                    r.caption_logprobs.tobytes(), r.trajectory_raw_logprobs.tobytes())
+                    r.caption_logprobs, r.trajectory_raw_logprobs)
     return out
+
+
+def _assert_same_records(a, b):
+    """Text, rewards and selection exactly; log-probs to float32 rounding, since each process here
+    shards the model over its 4 local devices and the in-process reference over this pytest's own
+    devices, which changes reduction order (seen: last-ULP differences)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key][:5] == b[key][:5], key
+        for x, y in zip(a[key][5:], b[key][5:]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=str(key))
 
 
 def test_two_processes_split_the_shards_and_equal_one_process(tmp_path):
@@ -105,4 +117,4 @@ def test_two_processes_split_the_shards_and_equal_one_process(tmp_path):
     behaviour.generate(load("generate:runlocal", [*overrides, f"--config.output_dir={one}"]))
     reference = TrajectoryStore(one)
     assert store.finished_shards() == reference.finished_shards()
-    assert _snapshot(store) == _snapshot(reference)
+    _assert_same_records(_snapshot(store), _snapshot(reference))
