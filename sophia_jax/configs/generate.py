@@ -95,6 +95,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Mesh over this host's devices; each host samples its own shards with its own model copy.
     cfg.mesh = mesh()  # data, fsdp, tensor sizes; -1 = all remaining devices
 
+    # Several hosts: how to start jax.distributed (see sophia_jax/distributed.py). 'auto' uses
+    # coordinator_address here if set, else SOPHIA_COORDINATOR_ADDRESS/_NUM_PROCESSES/_PROCESS_ID,
+    # else the TPU VM's own slice description, else runs as one process.
+    cfg.distributed = ml_collections.ConfigDict({
+        "mode": "auto",  # auto | tpu | off
+        "coordinator_address": "",  # host:port of process 0 ('' = from the environment)
+        "num_processes": -1,  # -1 = from the environment
+        "process_id": -1,  # -1 = from the environment
+    })
+
     if arg == "runlocal":  # a CPU smoke run: tiny generation caps, float32, small batches
         for role in (cfg.policy, cfg.reasoner):
             role.sampling.n = 2

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sophia_jax import checkpoint, sharding
+from sophia_jax import checkpoint, distributed, sharding
 from sophia_jax.configs.loading import require
 from sophia_jax.errors import UserError
 from sophia_jax.data import chat_templates
@@ -264,6 +264,7 @@ def read_dataset(cfg, report: Report) -> list[Question]:
 def generate(cfg: ml_collections.ConfigDict) -> Report:
     """Runs the behaviour model over this host's unfinished shards; returns the report."""
     require(cfg, "output_dir", "dataset.path", "policy.checkpoint", "reasoner.checkpoint")
+    distributed.initialize(cfg.distributed)  # before any device is touched: each host learns its place
     report = Report()
     process_index, process_count = jax.process_index(), jax.process_count()
     store = TrajectoryStore(cfg.output_dir, process_index=process_index, process_count=process_count)

@@ -1,0 +1,42 @@
+"""Slice and model facts shared by every experiment config in configs/ (stage x model x slice).
+
+An experiment file is ``<stage>_<model>_<slice>.py`` and calls ``experiment(stage, model, slice)``,
+which loads the package's built-in stage config and applies the per-slice, per-model settings below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# chips per host and HBM per chip (GiB); the generate stage samples on each host's own chips.
+SLICES = {
+    "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8},
+    "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8},
+}
+
+# Per (model, slice) for generate: the tensor-parallel width a model copy needs on one host,
+# decode rows per batch and image tiles per prefill batch. 38B in bf16 is ~76 GB of weights.
+GENERATE = {
+    ("internvl2_5_8b", "v5p-64"): {"tensor": 1, "batch_size": 128, "tile_budget": 64},
+    ("internvl2_5_8b", "v6e-32"): {"tensor": 2, "batch_size": 64, "tile_budget": 32},
+    ("internvl3_8b", "v5p-64"): {"tensor": 1, "batch_size": 128, "tile_budget": 64},
+    ("internvl3_8b", "v6e-32"): {"tensor": 2, "batch_size": 64, "tile_budget": 32},
+    ("internvl2_5_38b", "v5p-64"): {"tensor": 4, "batch_size": 64, "tile_budget": 32},
+    ("internvl2_5_38b", "v6e-32"): {"tensor": 4, "batch_size": 16, "tile_budget": 16},
+    ("internvl3_38b", "v5p-64"): {"tensor": 4, "batch_size": 64, "tile_budget": 32},
+    ("internvl3_38b", "v6e-32"): {"tensor": 4, "batch_size": 16, "tile_budget": 16},
+}
+
+
+def experiment(stage: str, model: str, slice_name: str):
+    cfg = importlib.import_module(f"sophia_jax.configs.{stage}").get_config()
+    facts = SLICES[slice_name]
+    if stage == "generate":
+        g = GENERATE[(model, slice_name)]
+        cfg.mesh.tensor = g["tensor"]
+        cfg.mesh.fsdp = facts["chips_per_host"] // g["tensor"]
+        cfg.sampler.batch_size = g["batch_size"]
+        cfg.sampler.tile_budget = g["tile_budget"]
+        cfg.sampler.cache_dtype = "bfloat16"
+        cfg.policy.name = model
+    return cfg

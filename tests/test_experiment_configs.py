@@ -1,0 +1,28 @@
+"""Every experiment config in configs/ loads through the normal loader and fits its slice."""
+
+import glob
+import os
+
+import pytest
+
+from sophia_jax.configs.loading import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not os.path.basename(f).startswith("_"))
+
+
+def test_every_stage_model_slice_is_there():
+    names = {os.path.basename(f) for f in FILES}
+    for model in ("internvl2_5_8b", "internvl2_5_38b", "internvl3_8b", "internvl3_38b"):
+        for slice_name in ("v5p", "v6e"):
+            assert f"generate_{model}_{slice_name}.py" in names
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_config_loads_and_mesh_fits_one_host(path):
+    cfg = load(path)
+    if os.path.basename(path).startswith("generate_"):
+        m = cfg.mesh
+        assert m.data * m.fsdp * m.tensor == 4, "generate samples on one host's 4 chips"
+        assert cfg.sampler.tile_budget >= cfg.policy.max_tiles + 1
+        assert cfg.distributed.mode == "auto"
