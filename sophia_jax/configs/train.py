@@ -33,6 +33,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.model.remat = "none" if runlocal else "full"  # none | full | dots: decoder-layer rematerialisation
 
     cfg.data = get_data_config(runlocal)
+    if runlocal:  # a CPU smoke run repeats its handful of examples, to have steps to checkpoint and resume
+        cfg.data.num_epochs = 16
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.trainable = "language"  # language | language+projector | all (the rest is frozen, no optimizer state)

@@ -47,9 +47,7 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
     d.reasoner_tokenizer_is_policy = False
 
     d.seed = 0  # shuffling and mixing seed; the same seed gives the same batches on every host
-    # Passes over the first present source; the others follow their weights. A CPU smoke run
-    # repeats its handful of examples so it has enough steps to checkpoint and resume.
-    d.num_epochs = 16 if runlocal else 1
+    d.num_epochs = 1  # passes over the first present source; the others follow their weights
     d.shuffle = True  # False keeps source order (for debugging)
     # Grain threads that build batches ahead of the train step. One by default: the policy's
     # tokenizer (a Rust tokenizers object) is shared by them.
