@@ -29,6 +29,21 @@ from sophia_jax.models.config import RuntimeConfig, TextConfig
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
+def _remat_layer(layer, policy: str, *args):
+    """Runs ``layer(*args)`` under ``jax.checkpoint`` on its split state.
+
+    A pure function of (state, inputs) rather than ``nnx.remat``: the train step merges the model
+    inside ``value_and_grad`` and ``scan``, where NNX's lifted transform refuses to touch
+    parameters created at another trace level.
+    """
+    graphdef, state = nnx.split(layer)
+
+    def run(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    return jax.checkpoint(run, policy=_REMAT_POLICIES[policy])(state, *args)
+
+
 class LayerCache(NamedTuple):
     k: jax.Array  # [B, S, K, H]
     v: jax.Array  # [B, S, K, H]
@@ -190,8 +205,7 @@ class CausalLM(nnx.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = cache[i] if cache is not None else None
             if policy != "none":
-                x, layer_cache = nnx.remat(DecoderLayer.__call__, policy=_REMAT_POLICIES[policy])(
-                    layer, x, cos, sin, mask, layer_cache, cache_index)
+                x, layer_cache = _remat_layer(layer, policy, x, cos, sin, mask, layer_cache, cache_index)
             else:
                 x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index)
             if new_cache is not None:
