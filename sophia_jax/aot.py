@@ -307,11 +307,21 @@ def aot_main(argv=None) -> int:
     print(f"{args.model} on {args.topology}: {len(devices)} chips, mesh {dict(mesh.shape)}, "
           f"HBM {chip.hbm_bytes / GIB:.0f} GiB/chip")
     print(HEADER, flush=True)
-    reports = []
+    reports, misfits = [], []
 
-    def show(rs):
+    def show(name, compile_fn):
+        try:
+            rs = compile_fn()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses programs that exceed HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            print(f"{name:<34} does not fit: {str(e).splitlines()[0]}", flush=True)
+            misfits.append(name)
+            return
         for r in rs:
             print(r.row(), flush=True)
+            if not r.fits:
+                misfits.append(r.name)
         reports.extend(rs)
 
     def cache(spec, flag):
@@ -322,16 +332,17 @@ def aot_main(argv=None) -> int:
         return prompt, new
 
     if "train" in programs:
-        show([compile_train_step(cfg, arch, mesh, chip)])
+        show("train step", lambda: [compile_train_step(cfg, arch, mesh, chip)])
     if "policy" in programs:
         prompt, new = cache(args.policy_cache, "--policy-cache")
-        show(compile_sampler("policy", arch, mesh, chip, rows=args.sampler_rows, n=args.samples, prompt_len=prompt,
-                             max_new=new, tiles=args.tiles))
+        show("policy sampler", lambda: compile_sampler(
+            "policy", arch, mesh, chip, rows=args.sampler_rows, n=args.samples, prompt_len=prompt, max_new=new,
+            tiles=args.tiles))
     if "reasoner" in programs:
         prompt, new = cache(args.reasoner_cache, "--reasoner-cache")
-        show(compile_sampler("reasoner", REASONER, mesh, chip, rows=args.sampler_rows, n=args.samples,
-                             prompt_len=prompt, max_new=new, tiles=0))
-    misfits = [r.name for r in reports if not r.fits]
+        show("reasoner sampler", lambda: compile_sampler(
+            "reasoner", REASONER, mesh, chip, rows=args.sampler_rows, n=args.samples, prompt_len=prompt,
+            max_new=new, tiles=0))
     if misfits:
         print(f"does not fit in {chip.hbm_bytes / GIB:.0f} GiB HBM: {', '.join(misfits)}", file=sys.stderr)
         return 1
