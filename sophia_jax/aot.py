@@ -1,113 +1,289 @@
-"""Ahead-of-time compilation for a TPU slice you do not have: does a real model size fit?
+"""AOT compilation (``python tools/aot_compile.py``): the real train step for a TPU slice you do not have.
 
-With ``jax[tpu]`` (libtpu) installed, ``jax.experimental.topologies`` describes the devices of a
-named slice (``v5p:2x2x2``) on any host, and ``jit(...).lower(...).compile()`` compiles for them.
-We build the model abstractly (no weights), give every parameter its sharding from the logical
-rules, and report XLA's per-device memory analysis and FLOP count for the compiled step.
+With libtpu installed (the ``tpu`` extra), ``jax.experimental.topologies`` describes the devices
+of a named slice (``v5p:4x4x4``) on any host, and ``jit(...).lower(...).compile()`` compiles for
+them. The model is built abstractly (``nnx.eval_shape``: no weights), every parameter gets its
+sharding from the logical rules, and the very jitted programs the stages run are compiled:
+
+    train step   ``training.step.TrainProgram.jitted`` (optimizer, chunked loss), one micro-batch
+
+(The paged sampler's prefill / admit / decode programs are not compiled here yet.)
+
+For each we print per-device argument / output / temp bytes against the chip's HBM, XLA's FLOPs
+and estimated time (``optimal_seconds`` in TPU cost analyses), projected MFU for training and
+The command exits 1 when a program does not fit.
+
+Caveat: XLA's cost analysis counts a loop body once, so the train step is compiled with one
+micro-batch (A = 1).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from sophia_jax import sharding
+from sophia_jax.configs import models as model_presets
+from sophia_jax.errors import UserError
 from sophia_jax.models import CausalLM, InternVL, RuntimeConfig
 from sophia_jax.models.config import InternVLConfig
 
+GIB = 1 << 30
+
 
 @dataclasses.dataclass(frozen=True)
-class CompileReport:
-    topology: str
-    devices: int
-    mesh: dict
-    step: str
-    argument_bytes: int  # per device
-    output_bytes: int
-    temp_bytes: int
-    generated_code_bytes: int
-    flops: float | None  # per device
+class Chip:
+    hbm_bytes: int
+    peak_bf16_flops: float  # per chip, FLOP/s
+    hbm_bandwidth: float  # bytes/s per chip
 
-    @property
-    def total_bytes(self) -> int:
-        return self.argument_bytes + self.output_bytes + self.temp_bytes + self.generated_code_bytes
 
-    def summary(self) -> str:
-        gib = 1 << 30
-        flops = f"{self.flops / 1e12:.1f} TFLOP" if self.flops else "n/a"
-        return (
-            f"{self.step} on {self.topology} ({self.devices} devices, mesh {self.mesh}): per device "
-            f"{self.total_bytes / gib:.2f} GiB = args {self.argument_bytes / gib:.2f} + out "
-            f"{self.output_bytes / gib:.2f} + temp {self.temp_bytes / gib:.2f} + code "
-            f"{self.generated_code_bytes / gib:.3f}; {flops} per device per step"
-        )
+CHIPS = {  # Cloud TPU published figures
+    "v5p": Chip(95 * GIB, 459e12, 2.765e12),
+    "v6e": Chip(32 * GIB, 918e12, 1.64e12),
+    "v5e": Chip(16 * GIB, 197e12, 0.819e12),
+    "v4": Chip(32 * GIB, 275e12, 1.2e12),
+}
+
+
+def chip_of(topology: str) -> Chip:
+    kind = topology.split(":")[0].lower()
+    kind = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}.get(kind, kind)
+    if kind not in CHIPS:
+        raise UserError(f"--topology {topology!r}: unknown TPU generation {kind!r}; known: {sorted(CHIPS)}")
+    return CHIPS[kind]
 
 
 def topology_devices(topology: str) -> list:
-    """Devices of a named TPU slice such as ``v5p:2x2x2`` (needs libtpu); ``local`` = this host's."""
+    """Devices of a named TPU slice such as ``v5p:2x2x2`` (needs libtpu)."""
     from jax.experimental import topologies
 
-    if topology == "local":
-        return jax.devices()
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # silence libtpu's multi-host probe
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+    except Exception as e:  # noqa: BLE001 - libtpu raises plain RuntimeErrors for bad names / no libtpu
+        raise UserError(f"--topology {topology!r}: cannot describe this TPU slice ({e}); is libtpu installed "
+                        f"(pip install -e '.[tpu]')?") from e
+    return list(desc.devices)
 
 
-def abstract_state(model_fn, mesh):
-    """(graphdef, state of ShapeDtypeStructs carrying their NamedShardings)."""
-    graphdef, state = nnx.split(nnx.eval_shape(model_fn))
-    shardings = sharding.state_shardings(state, mesh)
-    state = jax.tree.map(
-        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state, shardings,
-    )
-    return graphdef, state
+@dataclasses.dataclass(frozen=True)
+class ProgramReport:
+    name: str
+    argument_bytes: int  # per device
+    output_bytes: int
+    alias_bytes: int  # outputs that reuse donated argument buffers
+    temp_bytes: int
+    code_bytes: int
+    flops: float  # per device, XLA's count
+    seconds: float | None  # XLA's estimated time (TPU cost analyses only)
+    hbm_bytes: int
+    model_flops: float | None = None  # whole step, all chips (train)
+    chips: int = 1
+    peak_flops: float = 0.0
+    tokens: int | None = None  # decode: tokens one step emits (rows)
+    bandwidth_bound_seconds: float | None = None  # decode: bytes read per chip / HBM bandwidth
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.hbm_bytes
+
+    @property
+    def mfu(self) -> float | None:
+        if self.model_flops is None or not self.seconds:
+            return None
+        return self.model_flops / (self.chips * self.peak_flops * self.seconds)
+
+    def row(self) -> str:
+        g = lambda b: f"{b / GIB:7.2f}"  # noqa: E731
+        est = f"{self.seconds * 1e3:9.2f} ms" if self.seconds else "      n/a"
+        extra = ""
+        if self.mfu is not None:
+            extra = f"MFU {100 * self.mfu:5.1f}%"
+        elif self.tokens and self.seconds:
+            extra = f"{self.tokens / self.seconds:,.0f} tok/s"
+            if self.bandwidth_bound_seconds:
+                extra += f" ({100 * self.bandwidth_bound_seconds / self.seconds:.0f}% of HBM-bw bound)"
+        return (f"{self.name:<34} {g(self.argument_bytes)} {g(self.output_bytes)} {g(self.temp_bytes)} "
+                f"{g(self.total_bytes)} / {self.hbm_bytes / GIB:.0f} {'yes' if self.fits else 'NO ':>4} "
+                f"{self.flops / 1e12:9.2f} {est}  {extra}")
 
 
-def compile_forward(
-    config, runtime: RuntimeConfig, topology: str, mesh_config: sharding.MeshConfig, batch: int, length: int,
-    tiles_per_row: int = 1,
-) -> CompileReport:
-    """Compiles one forward pass (logits) of ``batch`` rows of ``length`` tokens."""
-    devices = topology_devices(topology)
-    mesh = sharding.make_mesh(mesh_config, devices)
-    multimodal = isinstance(config, InternVLConfig)
-    cls = InternVL if multimodal else CausalLM
-    graphdef, state = abstract_state(lambda: cls(config, runtime, rngs=nnx.Rngs(0)), mesh)
+HEADER = (f"{'program (per device, GiB)':<34} {'args':>7} {'out':>7} {'temp':>7} {'total':>7} / HBM  fits "
+          f"{'TFLOP':>9} {'XLA est.':>12}  projected")
 
-    def spec(shape, axes, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, sharding.logical_to_spec(axes, shape, mesh)))
 
-    ids = spec((batch, length), ("batch", "length"), jnp.int32)
-    mask = spec((batch, length), ("batch", "length"), jnp.bool_)
-    args = [state, ids, mask]
-    if multimodal:
-        size = config.vision.image_size
-        args.append(spec((batch * tiles_per_row, 3, size, size), ("batch", None, None, None), runtime.compute_dtype))
-
-    def forward(state, ids, mask, pixels=None):
-        with sharding.use_mesh(mesh):
-            model = nnx.merge(graphdef, state)
-            if pixels is None:
-                return model(ids, mask)
-            return model(ids, pixels, mask)
-
-    compiled = jax.jit(forward).lower(*args).compile()
+def _report(name, compiled, chip: Chip, **extra) -> ProgramReport:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
-    return CompileReport(
-        topology=topology,
-        devices=len(devices),
-        mesh=dict(mesh.shape),
-        step=f"forward B={batch} L={length}" + (f" tiles={batch * tiles_per_row}" if multimodal else ""),
-        argument_bytes=int(memory.argument_size_in_bytes),
-        output_bytes=int(memory.output_size_in_bytes),
-        temp_bytes=int(memory.temp_size_in_bytes),
-        generated_code_bytes=int(memory.generated_code_size_in_bytes),
-        flops=float(cost.get("flops", np.nan)) if cost else None,
-    )
+    cost = cost or {}
+    seconds = cost.get("optimal_seconds")
+    return ProgramReport(
+        name=name, argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
+        code_bytes=int(memory.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
+        seconds=float(seconds) if seconds and seconds > 0 else None, hbm_bytes=chip.hbm_bytes,
+        peak_flops=chip.peak_bf16_flops, **extra)
+
+
+def abstract_model(arch, runtime: RuntimeConfig, mesh):
+    """(graphdef, state of ShapeDtypeStructs carrying their NamedShardings): no weights."""
+    cls = InternVL if isinstance(arch, InternVLConfig) else CausalLM
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(arch, runtime, rngs=nnx.Rngs(0))))
+    shardings = sharding.state_shardings(state, mesh)
+    return graphdef, jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state, shardings)
+
+
+def _count(state) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def _sds(shape, dtype, mesh_sharding):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=mesh_sharding)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+
+
+def train_model_flops(arch, text_params: int, vision_params: int, rows: int, length: int, tiles: int,
+                      vision_trainable: bool) -> float:
+    """Model FLOPs of one micro-batch: 6 N T for the decoder, causal attention, and the ViT
+    (forward only when frozen: its inputs are pixels, so no backward flows into it)."""
+    text = arch.text if isinstance(arch, InternVLConfig) else arch
+    tokens = rows * length
+    attention = 6 * text.num_layers * text.num_heads * text.head_dim * length * tokens  # 12 L D T, halved (causal)
+    flops = 6.0 * text_params * tokens + attention
+    if isinstance(arch, InternVLConfig) and tiles:
+        patches = (arch.vision.image_size // arch.vision.patch_size) ** 2 + 1
+        flops += (6.0 if vision_trainable else 2.0) * vision_params * patches * rows * tiles
+    return flops
+
+
+def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
+    from sophia_jax.training import loss as loss_lib
+    from sophia_jax.training import step as step_lib
+    from sophia_jax.training.optimizer import OptimizerConfig, trainable_filter
+
+    m = cfg.model
+    runtime = RuntimeConfig(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)
+    graphdef, state = abstract_model(arch, runtime, mesh)
+    graphdef, params, frozen = _split_abstract(graphdef, state, trainable_filter(cfg.train.trainable))
+    o = cfg.optimizer
+    step_config = step_lib.StepConfig(
+        optimizer=OptimizerConfig(peak_learning_rate=o.peak_learning_rate, end_learning_rate_ratio=o.end_learning_rate_ratio,
+                                  warmup_steps=1, total_steps=100, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+                                  eps=o.eps, max_grad_norm=o.max_grad_norm),
+        loss=loss_lib.LossConfig(normalization=cfg.loss.normalization,
+                                 importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip),
+        loss_chunk_tokens=cfg.loss.chunk_tokens)
+    program = step_lib.TrainProgram(graphdef, params, frozen, mesh, step_config)
+    rows, length = cfg.train.micro_rows, cfg.data.seq_len
+    multimodal = isinstance(arch, InternVLConfig)
+    tiles = cfg.data.tiles_per_row if multimodal else 0
+    shapes = {k: (1, rows, length) for k in ("input_ids", "targets", "segment_ids", "positions", "source")}
+    shapes.update({k: (1, rows, length) for k in ("loss_weights", "behaviour_seq_logprob", "behaviour_token_logprob")})
+    dtypes = {k: jnp.int32 for k in ("input_ids", "targets", "segment_ids", "positions", "source")}
+    if multimodal:
+        size = arch.vision.image_size
+        shapes["pixel_values"], dtypes["pixel_values"] = (1, rows, tiles, 3, size, size), jnp.float32
+        shapes["tile_mask"], dtypes["tile_mask"] = (1, rows, tiles), jnp.bool_
+    batch = {k: _sds(s, dtypes.get(k, jnp.float32), step_lib.batch_sharding(mesh, s)) for k, s in shapes.items()}
+    compiled = program.jitted(shapes).lower(program.abstract_state, frozen, batch).compile()
+    text_params = _count(state["language_model"]) if multimodal else _count(state)
+    vision = _count(state) - text_params  # ViT + projector
+    model_flops = train_model_flops(arch, text_params, vision, rows, length, tiles,
+                                    vision_trainable=cfg.train.trainable == "all")
+    return _report(f"train step {rows}x{length} (remat {m.remat})", compiled, chip, model_flops=model_flops,
+                   chips=mesh.size)
+
+
+def _split_abstract(graphdef, state, trainable):
+    """(graphdef, trainable, frozen) of an abstract model, as ``step.split_model`` splits a real one."""
+    model = nnx.merge(graphdef, state)
+    return nnx.split(model, trainable, ...)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampler
+
+
+# ------------------------------------------------------------------------------------------------
+# Command
+
+
+def _arch(preset: str):
+    try:
+        return model_presets.model_config(model_presets.get_config(preset))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+
+
+def aot_main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="sophia-jax aot", description="Compile the train step and sampler programs for a TPU slice from this host.",
+        epilog="Any config field can be overridden: --config.data.seq_len=8192")
+    p.add_argument("--config", default="train", help="train config file[:variant] (default: 'train')")
+    p.add_argument("--topology", required=True, help="TPU slice, e.g. v5p:4x4x4, v6e:8x8, v5e:2x2")
+    p.add_argument("--model", default="internvl3_38b", help=f"policy architecture preset, one of "
+                   f"{sorted(model_presets.PRESETS)} (no weights are read)")
+    # The sampler's programs (policy captions, a 32K reasoner) are not compiled here yet: the paged
+    # sampler replaced the programs this command was written against.
+    p.add_argument("--programs", default="train", help="comma list of programs: train")
+    args, overrides = p.parse_known_args(argv)
+    from sophia_jax.configs.loading import load
+
+    cfg = load(args.config, overrides)
+    chip = chip_of(args.topology)
+    devices = topology_devices(args.topology)
+    mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), devices)
+    arch = _arch(args.model)
+    programs = [x.strip() for x in args.programs.split(",") if x.strip()]
+    unknown = set(programs) - {"train"}
+    if unknown:
+        raise UserError(f"--programs: unknown {sorted(unknown)}; known: train")
+    print(f"{args.model} on {args.topology}: {len(devices)} chips, mesh {dict(mesh.shape)}, "
+          f"HBM {chip.hbm_bytes / GIB:.0f} GiB/chip")
+    print(HEADER, flush=True)
+    reports, misfits = [], []
+
+    def show(name, compile_fn):
+        try:
+            rs = compile_fn()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses programs that exceed HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            print(f"{name:<34} does not fit: {str(e).splitlines()[0]}", flush=True)
+            misfits.append(name)
+            return
+        for r in rs:
+            print(r.row(), flush=True)
+            if not r.fits:
+                misfits.append(r.name)
+        reports.extend(rs)
+
+    if "train" in programs:
+        show("train step", lambda: [compile_train_step(cfg, arch, mesh, chip)])
+    if misfits:
+        print(f"does not fit in {chip.hbm_bytes / GIB:.0f} GiB HBM: {', '.join(misfits)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(aot_main())

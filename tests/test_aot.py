@@ -1,13 +1,36 @@
-"""AOT compilation report (on the local CPU devices; TPU slices need libtpu)."""
+"""``tools/aot_compile.py``: the real train step compiles for a small TPU slice on CPU (needs libtpu)."""
+
+import pytest
 
 from sophia_jax import aot, sharding
-from sophia_jax.configs import models
-from sophia_jax.models import RuntimeConfig
+from sophia_jax.configs.loading import load
+from sophia_jax.errors import UserError
+
+TINY = ["--config.data.seq_len=128", "--config.train.micro_rows=4", "--config.data.tiles_per_row=2",
+        "--config.loss.chunk_tokens=64"]
 
 
-def test_compile_forward_reports_memory_and_flops():
-    config = models.model_config(models.get_config("tiny"))
-    report = aot.compile_forward(config, RuntimeConfig(), "local", sharding.MeshConfig(1, 2, 4), batch=4, length=64)
-    assert report.devices == 8 and report.mesh == {"data": 1, "fsdp": 2, "tensor": 4}
-    assert report.argument_bytes > 0 and report.total_bytes >= report.argument_bytes
-    assert "per device" in report.summary()
+def test_train_step_compiles_for_a_tpu_slice():
+    devices = aot.topology_devices("v5e:2x2")
+    assert len(devices) == 4 and devices[0].platform == "tpu"
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 2, 2), devices)
+    cfg, arch, chip = load("train:runlocal", TINY), aot._arch("tiny"), aot.CHIPS["v5e"]
+    train = aot.compile_train_step(cfg, arch, mesh, chip)
+    assert train.fits and 0 < train.argument_bytes < train.total_bytes < chip.hbm_bytes
+    assert train.flops > 0 and train.seconds and 0 < train.mfu < 1
+    # XLA's per-device count covers at least the model FLOPs' share of one chip (it adds remat, loss, optimizer).
+    assert train.flops >= train.model_flops / mesh.size * 0.5
+    assert "MFU" in train.row()
+
+
+def test_aot_exits_nonzero_when_a_program_does_not_fit(capsys):
+    # The XLA attention's f32 scores of 4 rows x 32K x 32K tokens alone are 16 GiB per head.
+    code = aot.aot_main(["--config", "train:runlocal", "--topology", "v5e:2x2", "--model", "tiny", "--programs", "train",
+                         "--config.data.seq_len=32768", "--config.train.micro_rows=4"])
+    assert code == 1
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_unknown_topology_is_a_user_error():
+    with pytest.raises(UserError, match="v9x"):
+        aot.chip_of("v9x:2x2")

@@ -55,7 +55,7 @@ def test_readme_main_command_is_what_ci_runs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.readme_command("main") == "pip install -e . && sophia-jax demo"
-    assert module.readme_command("test").startswith('pip install -e ".[test]"')
+    assert module.readme_command("test").startswith('pip install -e ".[test,tpu]"')
     ci = (ROOT / ".ci" / "run").read_text()
     assert "readme_command.py main" in ci and 'bash -euo pipefail -c "$main_cmd"' in ci
 
