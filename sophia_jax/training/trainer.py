@@ -127,9 +127,6 @@ def plan(cfg, micro_batches: int) -> tuple[int, int]:
     t = cfg.train
     if t.micro_rows <= 0 or t.global_rows % t.micro_rows:
         raise UserError(f"train.global_rows ({t.global_rows}) must be a multiple of train.micro_rows ({t.micro_rows})")
-    if t.micro_rows % jax.process_count():
-        raise UserError(f"train.micro_rows ({t.micro_rows}) must be a multiple of the process count "
-                        f"({jax.process_count()})")
     accumulation = t.global_rows // t.micro_rows
     available = micro_batches // accumulation
     steps = t.steps or available
