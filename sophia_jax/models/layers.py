@@ -148,17 +148,55 @@ def attention(
     """
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
-    scale = h**-0.5
     if impl == "fused":
         return jax.nn.dot_product_attention(
-            q, k, v, mask=None if mask is None else mask[:, None, :, :], scale=scale
+            q, k, v, mask=None if mask is None else mask[:, None, :, :], scale=h**-0.5
         )
     if impl != "xla":
         raise ValueError(f"unknown attention implementation {impl!r}; expected 'xla' or 'fused'")
-    qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return out.reshape(b, t, n, h)
+    # Head-major operands ([B, K, G, T, H], [B, K, S, H]) make every product below a plain batched
+    # matmul over (B, K): only the small q/k/v/out tensors are transposed, never the [T, S] scores.
+    qh = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
+    out = _attention_core(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _attention_scores(qh, kh, mask):
+    """float32[B, K, G, T, S], scaled, masked slots at the float32 minimum."""
+    scores = jnp.einsum("bkgth,bksh->bkgts", qh, kh, preferred_element_type=jnp.float32) * qh.shape[-1] ** -0.5
+    if mask is None:
+        return scores
+    return jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+
+
+@jax.custom_vjp
+def _attention_core(qh, kh, vh, mask):
+    return _attention_forward(qh, kh, vh, mask)[0]
+
+
+def _attention_forward(qh, kh, vh, mask):
+    """Saves the row logsumexp instead of the probabilities (as FlashAttention's backward does),
+    so no [T, S] tensor outlives the layer's forward; softmax is normalised on the small output."""
+    scores = _attention_scores(qh, kh, mask)
+    peak = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalised = jnp.exp(scores - peak)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    out = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    out = (out / total).astype(vh.dtype)
+    return out, (qh, kh, vh, mask, out, (peak + jnp.log(total))[..., 0])
+
+
+def _attention_backward(residuals, d_out):
+    qh, kh, vh, mask, out, lse = residuals
+    f32 = jnp.float32
+    probs = jnp.exp(_attention_scores(qh, kh, mask) - lse[..., None])  # recomputed, float32
+    d_v = jnp.einsum("bkgts,bkgth->bksh", probs.astype(vh.dtype), d_out, preferred_element_type=f32)
+    d_probs = jnp.einsum("bkgth,bksh->bkgts", d_out, vh, preferred_element_type=f32)
+    row = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)  # sum_s p * dp
+    d_scores = (probs * (d_probs - row) * qh.shape[-1] ** -0.5).astype(qh.dtype)
+    d_q = jnp.einsum("bkgts,bksh->bkgth", d_scores, kh, preferred_element_type=f32)
+    d_k = jnp.einsum("bkgts,bkgth->bksh", d_scores, qh, preferred_element_type=f32)
+    return d_q.astype(qh.dtype), d_k.astype(kh.dtype), d_v.astype(vh.dtype), None
+
+
+_attention_core.defvjp(_attention_forward, _attention_backward)

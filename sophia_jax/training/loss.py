@@ -131,19 +131,28 @@ def token_log_probs(
     return logp.swapaxes(0, 1).reshape(-1)[:n].reshape(b, l)
 
 
-def _chunk_logits(h: jax.Array, head: jax.Array, vocab_size: int) -> jax.Array:
-    """[c, D] x [D, Vp] -> float32[c, Vp], padding rows -inf, the vocabulary tensor-sharded."""
+def _chunk_logits(h: jax.Array, head: jax.Array) -> jax.Array:
+    """[c, D] x [D, Vp] -> float32[c, Vp], the vocabulary tensor-sharded; padding rows not masked."""
     logits = jnp.dot(h, head.astype(h.dtype), preferred_element_type=jnp.float32)
-    logits = sharding.constrain(logits, ("batch", "vocab"))
-    valid = jnp.arange(logits.shape[-1]) < vocab_size
-    return jnp.where(valid[None, :], logits, -jnp.inf)
+    return sharding.constrain(logits, ("batch", "vocab"))
+
+
+def _without_padding(x: jax.Array, vocab_size: int, fill: float) -> jax.Array:
+    """``x`` with the padded head rows (columns ``>= vocab_size``) set to ``fill``.
+
+    Applied inside each consumer (the logsumexp, the softmax of the backward) rather than once
+    to the logits, so XLA fuses it into them instead of writing a masked [c, Vp] copy.
+    """
+    if x.shape[-1] == vocab_size:
+        return x
+    return jnp.where(jnp.arange(x.shape[-1]) < vocab_size, x, fill)
 
 
 def _chunk_forward(h, head, t, vocab_size):
     """One chunk: (log p(target) float32[c], logsumexp float32[c])."""
-    logits = _chunk_logits(h, head, vocab_size)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    label = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]  # a gather, no one-hot
+    logits = _chunk_logits(h, head)
+    lse = jax.nn.logsumexp(_without_padding(logits, vocab_size, -jnp.inf), axis=-1)
+    label = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]  # a gather, no one-hot; t < vocab_size
     return label - lse, lse
 
 
@@ -168,8 +177,8 @@ def _backward(vocab_size, residuals, g):
 
     def body(d_head, xs):
         h_c, t_c, lse_c, g_c = xs
-        logits = _chunk_logits(h_c, head_c, vocab_size)
-        d_logits = -g_c[:, None] * jnp.exp(logits - lse_c[:, None])  # padding rows: exp(-inf) = 0
+        probs = _without_padding(jnp.exp(_chunk_logits(h_c, head_c) - lse_c[:, None]), vocab_size, 0.0)
+        d_logits = -g_c[:, None] * probs
         d_logits = d_logits.at[jnp.arange(t_c.shape[0]), t_c].add(g_c)
         d_logits = sharding.constrain(d_logits, ("batch", "vocab")).astype(h.dtype)
         # Matmuls in the input dtype with float32 accumulation (float32 operands are far slower).
