@@ -66,6 +66,8 @@ def topology_devices(topology: str) -> list:
     from jax.experimental import topologies
 
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # silence libtpu's multi-host probe
+    # Compiling touches no chip, so several compiling processes may share this host's libtpu.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
     except Exception as e:  # noqa: BLE001 - libtpu raises plain RuntimeErrors for bad names / no libtpu
@@ -178,8 +180,10 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
     from sophia_jax.training import step as step_lib
     from sophia_jax.training.optimizer import OptimizerConfig, trainable_filter
 
+    from sophia_jax.training.trainer import model_runtime
+
     m = cfg.model
-    runtime = RuntimeConfig(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)
+    runtime = model_runtime(cfg)
     graphdef, state = abstract_model(arch, runtime, mesh)
     graphdef, params, frozen = _split_abstract(graphdef, state, trainable_filter(cfg.train.trainable))
     o = cfg.optimizer
@@ -207,7 +211,8 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
     vision = _count(state) - text_params  # ViT + projector
     model_flops = train_model_flops(arch, text_params, vision, rows, length, tiles,
                                     vision_trainable=cfg.train.trainable == "all")
-    return _report(f"train step {rows}x{length} (remat {m.remat})", compiled, chip, model_flops=model_flops,
+    name = f"train step {rows}x{length} (remat {m.remat}{', scan' if m.scan_layers else ''})"
+    return _report(name, compiled, chip, model_flops=model_flops,
                    chips=mesh.size)
 
 

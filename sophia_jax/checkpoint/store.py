@@ -17,6 +17,7 @@ conversion time) in chunks of at most ``CHUNK_BYTES``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from sophia_jax.checkpoint.hf_source import asset_files, iter_params, open_hf
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.models import config as model_config
 from sophia_jax.models.config import InternVLConfig, RuntimeConfig, TextConfig
-from sophia_jax.models.decoder import CausalLM
+from sophia_jax.models.decoder import CausalLM, set_scan_layers
 from sophia_jax.models.internvl import InternVL
 
 try:  # Orbax's abstract numpy leaf (not exported publicly); without it we restore via jax
@@ -260,6 +261,9 @@ def save(model: nnx.Module, path: str | os.PathLike, *, assets: str | None = Non
     (e.g. the checkpoint the model was loaded from). Each host writes the shards it holds.
     """
     kind = kind_of(model)
+    if model.text_model.runtime.scan_layers:  # checkpoints hold per-layer parameters
+        model = nnx.merge(*nnx.split(model))  # a new module graph over the same arrays
+        set_scan_layers(model, False)
     values = {path_: var.get_value() for path_, var in flat_params(model).items()}
     dtypes = {np.dtype(v.dtype) for v in values.values()}
     with CheckpointWriter(path, overwrite=overwrite) as writer:
@@ -349,11 +353,21 @@ def load(
     The model is built abstractly (``nnx.eval_shape``) and every parameter is created directly
     with its final sharding on ``mesh`` (the first device when no mesh is given), so no full
     random init and no unsharded copy of a large model ever exists on a device. ``dtype``
-    (default: the stored dtype) sets parameter and compute dtype; ``runtime`` sets both and more.
+    (default: the stored dtype) sets parameter and compute dtype; ``runtime`` sets both and more
+    (with ``scan_layers`` the per-layer parameters read are stacked after loading).
 
     A Hugging Face directory is read tensor by tensor (no conversion step); our Orbax checkpoint
     is restored by each host reading only its own slices.
     """
+    scan = runtime is not None and runtime.scan_layers
+    if scan:
+        runtime = dataclasses.replace(runtime, scan_layers=False)
+    model = _load_per_layer(path, mesh, dtype, runtime)
+    set_scan_layers(model, scan, mesh)
+    return model
+
+
+def _load_per_layer(path, mesh, dtype, runtime: RuntimeConfig | None) -> nnx.Module:
     path = os.fspath(path)
     if is_checkpoint(path):
         meta, kind, config = read_metadata(path)

@@ -15,7 +15,8 @@ Causality is by slot index (as in transformers), positions only feed RoPE, so le
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,64 @@ def _remat_layer(layer, policy: str, *args):
         return nnx.merge(graphdef, state)(*args)
 
     return jax.checkpoint(run, policy=_REMAT_POLICIES[policy])(state, *args)
+
+
+def _scan_layers(stacked, policy: str, x, cos, sin, mask):
+    """``x`` through every layer of a stacked layer module (see ``stack_layers``) with ``lax.scan``."""
+    graphdef, state = nnx.split(stacked)
+
+    def body(x, layer_state):
+        return nnx.merge(graphdef, layer_state)(x, cos, sin, mask, None, 0)[0], None
+
+    if policy != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
+    return jax.lax.scan(body, x, state)[0]
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _axes(variable) -> tuple:
+    axes = variable.get_metadata().get("axes")
+    return tuple(axes) if axes is not None else (None,) * variable.get_value().ndim
+
+
+def stack_layers(blocks: Sequence[nnx.Module], mesh=None) -> nnx.Module:
+    """One module of the blocks' type whose every parameter is the blocks' stacked along a new
+    leading axis (logical axis ``layers``, replicated); sharded by the logical rules on ``mesh``."""
+    graphdef, _ = nnx.split(blocks[0])
+
+    def stack(*variables):
+        axes = ("layers",) + _axes(variables[0])
+        value = jnp.stack([v.get_value() for v in variables])
+        if mesh is not None:
+            value = jax.device_put(value, jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(axes, value.shape, mesh)))
+        return variables[0].replace(value, axes=axes)
+
+    return nnx.merge(graphdef, jax.tree.map(stack, *[nnx.state(block) for block in blocks], is_leaf=_is_variable))
+
+
+def unstack_layers(stacked: nnx.Module) -> list[nnx.Module]:
+    """The per-layer modules of a ``stack_layers`` module (each parameter a slice of the stack)."""
+    graphdef, state = nnx.split(stacked)
+    count = jax.tree.leaves(state)[0].shape[0]
+
+    def layer(i):
+        return nnx.merge(graphdef, jax.tree.map(lambda v: v.replace(v.get_value()[i], axes=_axes(v)[1:]), state,
+                                                is_leaf=_is_variable))
+
+    return [layer(i) for i in range(count)]
+
+
+def set_scan_layers(model: nnx.Module, scan: bool, mesh=None) -> None:
+    """Switches the decoder of ``model`` (a ``CausalLM`` or ``InternVL``) between per-layer and
+    stacked (``RuntimeConfig.scan_layers``) parameters, in place."""
+    lm = model.text_model
+    if lm.runtime.scan_layers == scan:
+        return
+    lm.layers = stack_layers(list(lm.layers), mesh) if scan else nnx.List(unstack_layers(lm.layers))
+    lm.runtime = dataclasses.replace(lm.runtime, scan_layers=scan)
 
 
 class LayerCache(NamedTuple):
@@ -152,7 +211,8 @@ class CausalLM(nnx.Module):
         pdt = runtime.weight_dtype
         vp, d = config.padded_vocab_size, config.hidden_size
         self.embed = layers.param(rngs, (vp, d), ("vocab", "embed"), pdt)
-        self.layers = nnx.List([DecoderLayer(config, runtime, rngs=rngs) for _ in range(config.num_layers)])
+        blocks = [DecoderLayer(config, runtime, rngs=rngs) for _ in range(config.num_layers)]
+        self.layers = stack_layers(blocks) if runtime.scan_layers else nnx.List(blocks)
         self.norm = layers.RMSNorm(d, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else layers.param(rngs, (d, vp), ("embed", "vocab"), pdt)
 
@@ -200,8 +260,12 @@ class CausalLM(nnx.Module):
             mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         cos, sin = layers.rope_tables(positions, c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         x = embeds
-        new_cache = [] if cache is not None else None
         policy = self.runtime.remat_policy
+        if self.runtime.scan_layers:
+            if cache is not None:
+                raise ValueError("a scan_layers model runs full sequences only; sample with per-layer parameters")
+            return self.norm(_scan_layers(self.layers, policy, x, cos, sin, mask)), None
+        new_cache = [] if cache is not None else None
         for i, layer in enumerate(self.layers):
             layer_cache = cache[i] if cache is not None else None
             if policy != "none":

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 import optax
+from flax import nnx
 
 from sophia_jax.errors import UserError
 
@@ -57,7 +58,13 @@ def learning_rate(config: OptimizerConfig) -> optax.Schedule:
 
 
 def _decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """Weight decay on matrices only; a stacked layer parameter (leading axis ``layers``, see
+    ``RuntimeConfig.scan_layers``) is judged by the rank of one layer's slice."""
+    def is_matrix(variable):
+        axes = variable.get_metadata().get("axes") or ()
+        return variable.get_value().ndim - (tuple(axes[:1]) == ("layers",)) > 1
+
+    return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:

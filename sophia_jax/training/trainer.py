@@ -95,9 +95,10 @@ class _Preemption:
         return False
 
 
-def _runtime(cfg) -> RuntimeConfig:
+def model_runtime(cfg) -> RuntimeConfig:
     m = cfg.model
-    return RuntimeConfig(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)
+    return RuntimeConfig(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat,
+                         scan_layers=m.scan_layers)
 
 
 def _stack(batches: list[dict]) -> dict:
@@ -149,7 +150,7 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
     is_trainable = trainable_filter(cfg.train.trainable)
     policy_checkpoint = cfg.model.checkpoint or _policy_of_store(cfg.data.store)
     mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh))
-    model = checkpoint.load(policy_checkpoint, mesh, runtime=_runtime(cfg))
+    model = checkpoint.load(policy_checkpoint, mesh, runtime=model_runtime(cfg))
     tokenizer = transformers.AutoTokenizer.from_pretrained(policy_checkpoint)
     model_config = model.config
     graphdef, params, frozen = step_lib.split_model(model, is_trainable)
