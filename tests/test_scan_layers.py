@@ -2,11 +2,9 @@
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from sophia_jax import checkpoint
 from sophia_jax.checkpoint.params import flat_params
