@@ -175,11 +175,41 @@ def train_model_flops(arch, text_params: int, vision_params: int, rows: int, len
     return flops
 
 
+def _with_text_layers(arch, layers: int):
+    if isinstance(arch, InternVLConfig):
+        return dataclasses.replace(arch, text=dataclasses.replace(arch.text, num_layers=layers))
+    return dataclasses.replace(arch, num_layers=layers)
+
+
 def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
+    """The train step's memory from the program the stage runs; its FLOPs and XLA time too, except
+    where XLA's cost analysis cannot see them:
+
+    * with ``scan_layers`` XLA counts the scanned layer once, so FLOPs and time come from the same
+      step compiled unrolled with 1 and 2 decoder layers, extrapolated linearly to all of them;
+    * a Pallas kernel (``attention = splash``) is opaque to it, so the causal attention FLOPs are
+      added to the time at the chip's peak rate (an optimistic bound: the MFU shown is an upper one).
+    """
+    report = _compile_train_step(cfg, arch, mesh, chip)
+    text = arch.text if isinstance(arch, InternVLConfig) else arch
+    if cfg.model.scan_layers:
+        unrolled = cfg.copy_and_resolve_references()
+        unrolled.model.scan_layers = False
+        one, two = (_compile_train_step(unrolled, _with_text_layers(arch, n), mesh, chip) for n in (1, 2))
+        extrapolate = lambda a, b: a + (text.num_layers - 1) * (b - a)  # noqa: E731
+        seconds = extrapolate(one.seconds, two.seconds) if one.seconds and two.seconds else None
+        report = dataclasses.replace(report, flops=extrapolate(one.flops, two.flops), seconds=seconds)
+    if cfg.model.attention == "splash" and report.seconds:
+        rows, length = cfg.train.micro_rows, cfg.data.seq_len
+        attention = 6 * text.num_layers * text.num_heads * text.head_dim * length * rows * length  # causal, fwd+bwd
+        report = dataclasses.replace(report, seconds=report.seconds + attention / (mesh.size * chip.peak_bf16_flops))
+    return report
+
+
+def _compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
     from sophia_jax.training import loss as loss_lib
     from sophia_jax.training import step as step_lib
     from sophia_jax.training.optimizer import OptimizerConfig, trainable_filter
-
     from sophia_jax.training.trainer import model_runtime
 
     m = cfg.model

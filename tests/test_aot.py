@@ -1,4 +1,4 @@
-"""``tools/aot_compile.py``: the real train step compiles for a small TPU slice on CPU (needs libtpu)."""
+"""``sophia_jax.aot``: the real train step compiles for a small TPU slice on CPU (needs libtpu)."""
 
 import pytest
 
@@ -8,14 +8,17 @@ from sophia_jax.errors import UserError
 
 TINY = ["--config.data.seq_len=128", "--config.train.micro_rows=4", "--config.data.tiles_per_row=2",
         "--config.loss.chunk_tokens=64"]
+TPU_DEFAULTS = ["--config.model.attention=splash", "--config.model.scan_layers=True", "--config.model.remat=full"]
 
 
 def test_train_step_compiles_for_a_tpu_slice():
+    """With the TPU configs' model settings: the Pallas splash kernel, layers under scan, remat."""
     devices = aot.topology_devices("v5e:2x2")
     assert len(devices) == 4 and devices[0].platform == "tpu"
     mesh = sharding.make_mesh(sharding.MeshConfig(1, 2, 2), devices)
-    cfg, arch, chip = load("train:runlocal", TINY), aot._arch("tiny"), aot.CHIPS["v5e"]
+    cfg, arch, chip = load("train:runlocal", TINY + TPU_DEFAULTS), aot._arch("tiny"), aot.CHIPS["v5e"]
     train = aot.compile_train_step(cfg, arch, mesh, chip)
+    assert "scan" in train.name
     assert train.fits and 0 < train.argument_bytes < train.total_bytes < chip.hbm_bytes
     assert train.flops > 0 and train.seconds and 0 < train.mfu < 1
     # XLA's per-device count covers at least the model FLOPs' share of one chip (it adds remat, loss, optimizer).

@@ -29,7 +29,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.model.checkpoint = ""
     cfg.model.dtype = "float32" if runlocal else "bfloat16"  # compute dtype
     cfg.model.param_dtype = "float32"  # master weights and optimizer state
-    cfg.model.attention = "xla"  # xla | fused
+    # xla | fused | splash (JAX's Pallas TPU kernel: never materialises [T, T] scores, so 32K-token
+    # rows fit; TPU only, the vision encoder keeps xla)
+    cfg.model.attention = "xla" if runlocal else "splash"
     cfg.model.remat = "none" if runlocal else "full"  # none | full | dots: decoder-layer rematerialisation
     # Decoder layers stacked and run by lax.scan: one compiled layer, so 64-layer models compile in
     # minutes; checkpoints stay per-layer. Resuming needs the same setting as the run that saved.

@@ -101,7 +101,9 @@ class RuntimeConfig:
 
     dtype: str = "float32"  # activations / compute
     param_dtype: str = "float32"  # stored weights
-    attention: Literal["xla", "fused"] = "xla"  # fused = jax.nn.dot_product_attention
+    # fused = jax.nn.dot_product_attention; splash = JAX's Pallas TPU kernel (decoder, full-sequence
+    # passes: training and scoring; the vision encoder and the sampler keep 'xla').
+    attention: Literal["xla", "fused", "splash"] = "xla"
     # Rematerialise each decoder layer in the backward pass: False / "none", True / "full" (keep
     # only layer inputs), or "dots" (also keep matmul outputs without batch dims: less recompute,
     # more memory).

@@ -158,7 +158,10 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start)
             cache = LayerCache(k, v)
             k, v = k.astype(x.dtype), v.astype(x.dtype)
-        out = layers.attention(q, k, v, mask, self.runtime.attention)
+        if self.runtime.attention == "splash":  # full-sequence only (hidden_states checks); mask = segment ids
+            out = layers.splash_attention(q, k, v, mask)
+        else:
+            out = layers.attention(q, k, v, mask, self.runtime.attention)
         out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
         return out, cache
 
@@ -252,12 +255,19 @@ class CausalLM(nnx.Module):
         t = embeds.shape[1]
         s = kv_mask.shape[1]
         q_slots = cache_index + jnp.arange(t) if cache is not None else jnp.arange(t)
-        causal = jnp.arange(s)[None, :] <= q_slots[:, None]  # [T, S]
-        mask = causal[None, :, :] & kv_mask[:, None, :].astype(bool)
-        if segment_ids is not None:
+        if self.runtime.attention == "splash":
+            # The kernel masks by slot and segment itself: the "mask" layers get is int[B, T]
+            # segment ids (padding is segment 0, attending only to padding).
             if cache is not None:
-                raise ValueError("segment_ids are for full-sequence passes, not cached decoding")
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+                raise ValueError("attention='splash' is for full-sequence passes; sample with 'xla' or 'fused'")
+            mask = segment_ids if segment_ids is not None else kv_mask.astype(jnp.int32)
+        else:
+            causal = jnp.arange(s)[None, :] <= q_slots[:, None]  # [T, S]
+            mask = causal[None, :, :] & kv_mask[:, None, :].astype(bool)
+            if segment_ids is not None:
+                if cache is not None:
+                    raise ValueError("segment_ids are for full-sequence passes, not cached decoding")
+                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         cos, sin = layers.rope_tables(positions, c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         x = embeds
         policy = self.runtime.remat_policy

@@ -121,7 +121,8 @@ class VisionAttention(nnx.Module):
         q = self._project(x, self.q, self.q_bias, self.q_norm)
         k = self._project(x, self.k, self.k_bias, self.k_norm)
         v = self._project(x, self.v, self.v_bias, None)
-        out = layers.attention(q, k, v, None, self.runtime.attention)
+        impl = "xla" if self.runtime.attention == "splash" else self.runtime.attention  # splash: decoder only
+        out = layers.attention(q, k, v, None, impl)
         out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
         return out + self.o_bias[...].astype(x.dtype)
 

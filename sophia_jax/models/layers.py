@@ -16,7 +16,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from sophia_jax import sharding
 from sophia_jax.models.config import RopeScaling
 
 INIT_STD = 0.02
@@ -153,7 +155,8 @@ def attention(
             q, k, v, mask=None if mask is None else mask[:, None, :, :], scale=h**-0.5
         )
     if impl != "xla":
-        raise ValueError(f"unknown attention implementation {impl!r}; expected 'xla' or 'fused'")
+        raise ValueError(f"unknown attention implementation {impl!r}; expected 'xla', 'fused' or 'splash' "
+                         f"('splash' is causal within segments, for full-sequence decoder passes)")
     # Head-major operands ([B, K, G, T, H], [B, K, S, H]) make every product below a plain batched
     # matmul over (B, K): only the small q/k/v/out tensors are transposed, never the [T, S] scores.
     qh = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
@@ -200,3 +203,49 @@ def _attention_backward(residuals, d_out):
 
 
 _attention_core.defvjp(_attention_forward, _attention_backward)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Splash attention (TPU)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *,
+                     block: int = 512, interpret: bool = False) -> jax.Array:
+    """Causal attention within segments by JAX's Pallas TPU splash-attention kernel.
+
+    q: [B, T, N, H]; k, v: [B, T, K, H]; segment_ids: int[B, T] (a token attends to earlier
+    tokens with its own id: packed examples, and padding as one more segment). Returns
+    [B, T, N, H]. The kernel tiles the [T, T] scores in VMEM, so long rows (32,768 tokens) never
+    materialise them, and skips tiles above the diagonal. One MQA kernel runs per KV head (vmap),
+    so grouped heads share their K/V tiles. Under ``sharding.use_mesh`` it runs in a
+    ``shard_map`` over the batch and KV-head axes (a Pallas call is not partitioned by XLA).
+    ``interpret=True`` runs the kernel's Python semantics on any backend (tests on CPU).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    g = n // kv_heads
+    blk = min(block, t)
+    if t % blk:
+        raise ValueError(f"splash attention needs the row length {t} to be a multiple of its block {blk}")
+    sizes = splash.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
+                              block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+    kernel = splash.make_splash_mqa_single_device(
+        mask=splash.MultiHeadMask([splash.CausalMask((t, t))] * g), block_sizes=sizes, interpret=interpret)
+
+    def run(qh, kh, vh, seg):  # [b, K, G, T, H], [b, K, T, H], [b, K, T, H], [b, T]
+        one_row = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over KV heads
+        return jax.vmap(lambda q_, k_, v_, s_: one_row(q_, k_, v_, splash.SegmentIds(s_, s_)))(qh, kh, vh, seg)
+
+    qh = (q * jnp.asarray(h**-0.5, q.dtype)).reshape(b, t, kv_heads, g, h).transpose(0, 2, 3, 1, 4)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    active = sharding.active_mesh()
+    if active is not None:
+        mesh, rules = active
+        rows, heads = sharding.logical_to_spec(("batch", "kv_heads"), (b, kv_heads), mesh, rules)
+        run = jax.shard_map(run, mesh=mesh, in_specs=(P(rows, heads), P(rows, heads), P(rows, heads), P(rows)),
+                            out_specs=P(rows, heads), check_vma=False)
+    out = run(qh, kh, vh, segment_ids.astype(jnp.int32))
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
