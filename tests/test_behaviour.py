@@ -153,7 +153,7 @@ def test_keep_n_length_is_the_policy_tokenizers_count(world, full_run):
     """Gap (b) of issue 9: the stored Keep-N length, checked against the policy tokenizer itself."""
     import transformers
 
-    policy_tok = transformers.AutoTokenizer.from_pretrained(world.policy)
+    policy_tok = transformers.AutoTokenizer.from_pretrained(world.policy, trust_remote_code=False)
     records = list(TrajectoryStore(full_run[0]).iter_records())
     for r in records:
         policy_len = len(policy_tok(r.trajectory, add_special_tokens=False)["input_ids"])
@@ -172,7 +172,7 @@ def test_training_pipeline_reads_the_generated_store(world, full_run):
     from sophia_jax.data.training_pipeline import TrainingPipeline
 
     out = full_run[0]
-    tok = transformers.AutoTokenizer.from_pretrained(world.policy)
+    tok = transformers.AutoTokenizer.from_pretrained(world.policy, trust_remote_code=False)
     model_config = checkpoint.load(world.policy).config
     cfg = get_data_config(runlocal=True)
     cfg.store = out

@@ -176,7 +176,7 @@ def test_export_loads_in_transformers(case):
     got = hf_models.torch_logits(reloaded, *case["batch"])
     np.testing.assert_allclose(got, case["expected"], atol=1e-5)
     if case["name"] == "original-qwen2":  # the tokenizer travels too and still knows <IMG_CONTEXT>
-        tok = transformers.AutoTokenizer.from_pretrained(out)
+        tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=False)
         assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") == hf_models.IMAGE_TOKEN
         assert os.path.exists(os.path.join(out, "generation_config.json"))
 

@@ -3,6 +3,7 @@
     model = checkpoint.load("/ckpt/InternVL3-8B", mesh=mesh)               # a HF directory, directly
     checkpoint.convert_hf("/ckpt/InternVL3-8B", "/ckpt/internvl3-8b")       # once, streamed to Orbax
     model = checkpoint.load("/ckpt/internvl3-8b", mesh=mesh)                # restore, sharded
+    tokenizer = checkpoint.load_tokenizer("/ckpt/internvl3-8b")              # trust_remote_code=False
     checkpoint.save(model, "/ckpt/run/step-100", assets="/ckpt/internvl3-8b")
     checkpoint.export_hf("/ckpt/run/step-100", "/ckpt/run/step-100-hf")     # back to transformers
 """
@@ -29,6 +30,9 @@ from sophia_jax.checkpoint.params import assign_params, flat_params
 # Our checkpoint directories
 from sophia_jax.checkpoint.store import is_checkpoint, load, save
 
+# Tokenizers of either kind of directory, never running checkpoint code
+from sophia_jax.checkpoint.tokenizer_assets import load_tokenizer
+
 __all__ = [
     "CheckpointError",
     "Rule",
@@ -41,6 +45,7 @@ __all__ = [
     "internvl_rules",
     "is_checkpoint",
     "load",
+    "load_tokenizer",
     "open_hf",
     "save",
     "to_hf",

@@ -4,7 +4,9 @@ Reads the original OpenGVLab InternVL layout (Qwen2 or InternLM2 language model)
 transformers-native InternVL layout (legacy or ``model.*`` prefixes) and text-only Qwen2 / Qwen3 /
 Llama causal LMs. Tensors stream one at a time from the safetensors shards into Orbax, so host
 memory stays near one write group (``store.GROUP_BYTES``) above the process baseline, whatever
-the model size. The tokenizer, chat template and configs are copied next to the parameters.
+the model size. The tokenizer, chat template and configs are copied next to the parameters, made
+loadable without the checkpoint's own code (``tokenizer_assets``: ``auto_map`` dropped, an
+InternLM2 sentencepiece tokenizer written as ``tokenizer.json``).
 
     sophia-jax convert --config.hf_dir=/ckpt/InternVL3-8B --config.out=/ckpt/internvl3-8b-orbax
 
@@ -24,6 +26,7 @@ from sophia_jax.configs.loading import command_config, require
 from sophia_jax.checkpoint.hf_source import iter_params, open_hf
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.store import GROUP_BYTES, CheckpointWriter, abstract_model, param_shapes
+from sophia_jax.checkpoint.tokenizer_assets import plan_assets
 from sophia_jax.models.config import RuntimeConfig
 
 DTYPES = ("bfloat16", "float32")
@@ -53,6 +56,7 @@ def convert_hf(
     runtime = RuntimeConfig(dtype=dtype.name, param_dtype=dtype.name)
     shapes = param_shapes(abstract_model(source.kind, source.config, runtime))
     params = iter_params(source, shapes, dtype)  # checks the plan before anything is written
+    assets = plan_assets(source.directory)  # converts the tokenizer (or fails) before any weight moves
     total = sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
     report = Progress("convert", len(shapes), total, enabled=progress)
     group_bytes = group_bytes or max(GROUP_BYTES, total // MAX_GROUPS)
@@ -60,7 +64,7 @@ def convert_hf(
         for name, value in params:
             writer.add(name, value)
             report.update(value.nbytes)
-        writer.copy_assets(source.directory)
+        writer.copy_assets(assets)
         path = writer.commit(source.kind, source.config, dtype,
                              source={"directory": os.path.abspath(source.directory), "layout": source.layout})
     report.done()

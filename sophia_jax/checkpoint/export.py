@@ -26,11 +26,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sophia_jax.checkpoint.errors import CheckpointError
-from sophia_jax.checkpoint.hf_source import asset_files, expected_hf_shapes, read_json, rules_for
+from sophia_jax.checkpoint.hf_source import expected_hf_shapes, read_json, rules_for
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.checkpoint.progress import Progress
 from sophia_jax.checkpoint.safetensors_io import TensorSpec, plan_shards, write_shards
 from sophia_jax.checkpoint.store import META_FILE, ParamReader, kind_of
+from sophia_jax.checkpoint.tokenizer_assets import plan_assets
 from sophia_jax.configs.loading import command_config, require
 from sophia_jax.models.config import InternVLConfig, TextConfig
 
@@ -143,6 +144,7 @@ def export_hf(
     out_dtype = np.dtype(dtype) if dtype is not None else stored
     assets = os.fspath(assets) if assets is not None else None
     original = read_json(os.path.join(assets, "config.json")) if assets else None
+    planned = plan_assets(assets, exclude=("config.json", META_FILE)) if assets else None
     cfg = hf_config(config, original, out_dtype)
     rules = [rule for rule in rules_for(config) if rule.ours is not None]
     hf_shapes = expected_hf_shapes(rules, shapes)
@@ -166,10 +168,8 @@ def export_hf(
         report = Progress(f"export ({kind})", len(specs), sum(s.nbytes for s in specs), enabled=progress)
         write_shards(tmp, plan_shards(specs, max_shard_bytes), get, on_tensor=lambda s: report.update(s.nbytes))
         report.done()
-        if assets:
-            for name in asset_files(assets):
-                if name not in ("config.json", META_FILE):
-                    shutil.copy2(os.path.join(assets, name), os.path.join(tmp, name))
+        if planned is not None:
+            planned.write(tmp)
         cfg.save_pretrained(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)

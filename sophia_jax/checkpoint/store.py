@@ -32,7 +32,8 @@ from jax.experimental import multihost_utils
 
 from sophia_jax import sharding
 from sophia_jax.checkpoint.errors import CheckpointError
-from sophia_jax.checkpoint.hf_source import asset_files, iter_params, open_hf
+from sophia_jax.checkpoint.hf_source import iter_params, open_hf
+from sophia_jax.checkpoint.tokenizer_assets import Assets, plan_assets
 from sophia_jax.checkpoint.params import flat_params
 from sophia_jax.models import config as model_config
 from sophia_jax.models.config import InternVLConfig, RuntimeConfig, TextConfig
@@ -218,14 +219,9 @@ class CheckpointWriter:
         with _context():
             ocp.save(self.params_dir, _nest(params))
 
-    def copy_assets(self, directory: str) -> list[str]:
-        copied = []
-        if jax.process_index() == 0:
-            for name in asset_files(directory):
-                if name != META_FILE:
-                    shutil.copy2(os.path.join(directory, name), os.path.join(self.tmp, name))
-                    copied.append(name)
-        return copied
+    def copy_assets(self, assets: Assets) -> list[str]:
+        """Writes planned asset files (``tokenizer_assets.plan_assets``, on every process) from process 0."""
+        return assets.write(self.tmp) if jax.process_index() == 0 else []
 
     def commit(self, kind: str, config, param_dtype, source: str | None = None) -> str:
         self._flush()
@@ -266,10 +262,11 @@ def save(model: nnx.Module, path: str | os.PathLike, *, assets: str | None = Non
         set_scan_layers(model, False)
     values = {path_: var.get_value() for path_, var in flat_params(model).items()}
     dtypes = {np.dtype(v.dtype) for v in values.values()}
+    planned = plan_assets(assets, exclude=(META_FILE,)) if assets is not None else None
     with CheckpointWriter(path, overwrite=overwrite) as writer:
         writer.save_tree(values)
-        if assets is not None:
-            writer.copy_assets(os.fspath(assets))
+        if planned is not None:
+            writer.copy_assets(planned)
         return writer.commit(kind, model.config, dtypes.pop() if len(dtypes) == 1 else np.float32, source=None)
 
 

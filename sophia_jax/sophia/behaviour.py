@@ -78,11 +78,9 @@ def _name(role_cfg) -> str:
 
 def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
     """Loads a checkpoint (ours or a Hugging Face directory) and builds its sampler."""
-    import transformers
-
+    tokenizer = checkpoint.load_tokenizer(role_cfg.checkpoint)  # before the weights: an unusable one fails fast
     runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype)
     model = checkpoint.load(role_cfg.checkpoint, mesh=mesh, runtime=runtime)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(role_cfg.checkpoint)
     s = cfg.sampler
     sampler = Sampler(
         model,

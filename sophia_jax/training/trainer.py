@@ -22,7 +22,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import transformers
 from flax import nnx
 
 from sophia_jax import checkpoint, sharding
@@ -149,9 +148,9 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
                                       importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip)
     is_trainable = trainable_filter(cfg.train.trainable)
     policy_checkpoint = cfg.model.checkpoint or _policy_of_store(cfg.data.store)
+    tokenizer = checkpoint.load_tokenizer(policy_checkpoint)  # before the weights: an unusable one fails fast
     mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh))
     model = checkpoint.load(policy_checkpoint, mesh, runtime=model_runtime(cfg))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(policy_checkpoint)
     model_config = model.config
     graphdef, params, frozen = step_lib.split_model(model, is_trainable)
     del model
