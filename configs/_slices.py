@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib
 
 # chips per host and HBM per chip (GiB); the generate stage samples on each host's own chips.
+# topology: the name `sophia-jax aot` compiles for (v5p-64 counts TensorCores: 32 chips).
 SLICES = {
-    "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8},
-    "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8},
+    "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8, "topology": "v5p:2x4x4"},
+    "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8, "topology": "v6e:4x8"},
 }
+
+# train / warmup: FSDP over every chip, one 32,768-token packed row per chip per micro-batch
+# (micro_rows = chips), so the paper's 512 rows are 16 accumulated micro-batches on 32 chips.
+# Layers under scan, full remat and the splash kernel are the TPU defaults of configs/train.py.
 
 # Per (model, slice) for generate: the tensor-parallel width a model copy needs on one host,
 # decode rows per batch and image tiles per prefill batch. 38B in bf16 is ~76 GB of weights.
@@ -39,4 +44,11 @@ def experiment(stage: str, model: str, slice_name: str):
         cfg.sampler.tile_budget = g["tile_budget"]
         cfg.sampler.cache_dtype = "bfloat16"
         cfg.policy.name = model
+    elif stage in ("train", "warmup"):
+        chips = facts["chips_per_host"] * facts["hosts"]
+        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1
+        cfg.train.micro_rows = chips
+        cfg.aot.topology, cfg.aot.model = facts["topology"], model  # what `sophia-jax aot` compiles for
+    else:
+        raise ValueError(f"no slice settings for stage {stage!r}")
     return cfg

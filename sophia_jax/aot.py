@@ -1,25 +1,23 @@
-"""AOT compilation (``python tools/aot_compile.py``): the real train step for a TPU slice you do not have.
+"""``sophia-jax aot``: the real train step compiled for a TPU slice you do not have.
+
+    sophia-jax aot --config configs/train_internvl3_38b_v5p.py
+    sophia-jax aot --config train --config.aot.topology=v5p:4x4x4 --config.aot.model=internvl3_38b \\
+        --config.data.seq_len=8192 --config.train.micro_rows=64
 
 With libtpu installed (the ``tpu`` extra), ``jax.experimental.topologies`` describes the devices
 of a named slice (``v5p:4x4x4``) on any host, and ``jit(...).lower(...).compile()`` compiles for
 them. The model is built abstractly (``nnx.eval_shape``: no weights), every parameter gets its
-sharding from the logical rules, and the very jitted programs the stages run are compiled:
-
-    train step   ``training.step.TrainProgram.jitted`` (optimizer, chunked loss), one micro-batch
-
-(The paged sampler's prefill / admit / decode programs are not compiled here yet.)
-
-For each we print per-device argument / output / temp bytes against the chip's HBM, XLA's FLOPs
-and estimated time (``optimal_seconds`` in TPU cost analyses), projected MFU for training and
-The command exits 1 when a program does not fit.
-
-Caveat: XLA's cost analysis counts a loop body once, so the train step is compiled with one
-micro-batch (A = 1).
+sharding from the logical rules, and the jitted train step the stage runs
+(``training.step.TrainProgram.jitted``: optimizer, chunked loss, one micro-batch) is compiled with
+the config's model settings (scan over layers, remat, splash attention). Printed per chip:
+argument / output / temp bytes against HBM, FLOPs, XLA's estimated time (``optimal_seconds``) and
+the projected MFU; see ``compile_train_step`` for what XLA's cost analysis cannot see and how the
+report makes up for it. Exits 1 when the step does not fit. The sampler's programs are not
+compiled here yet.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -270,50 +268,32 @@ def _arch(preset: str):
 
 
 def aot_main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="sophia-jax aot", description="Compile the train step and sampler programs for a TPU slice from this host.",
-        epilog="Any config field can be overridden: --config.data.seq_len=8192")
-    p.add_argument("--config", default="train", help="train config file[:variant] (default: 'train')")
-    p.add_argument("--topology", required=True, help="TPU slice, e.g. v5p:4x4x4, v6e:8x8, v5e:2x2")
-    p.add_argument("--model", default="internvl3_38b", help=f"policy architecture preset, one of "
-                   f"{sorted(model_presets.PRESETS)} (no weights are read)")
-    # The sampler's programs (policy captions, a 32K reasoner) are not compiled here yet: the paged
-    # sampler replaced the programs this command was written against.
-    p.add_argument("--programs", default="train", help="comma list of programs: train")
-    args, overrides = p.parse_known_args(argv)
-    from sophia_jax.configs.loading import load
+    from sophia_jax.configs.loading import command_config
 
-    cfg = load(args.config, overrides)
-    chip = chip_of(args.topology)
-    devices = topology_devices(args.topology)
+    cfg = command_config("aot", __doc__, "train", argv)  # a training stage's config: its aot section names the slice
+    if "aot" not in cfg or "train" not in cfg:
+        raise UserError("sophia-jax aot compiles a training stage's step: give a train or warmup config "
+                        "(e.g. --config configs/train_internvl3_38b_v5p.py)")
+    topology = cfg.aot.topology
+    chip = chip_of(topology)
+    devices = topology_devices(topology)
     mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), devices)
-    arch = _arch(args.model)
-    programs = [x.strip() for x in args.programs.split(",") if x.strip()]
-    unknown = set(programs) - {"train"}
-    if unknown:
-        raise UserError(f"--programs: unknown {sorted(unknown)}; known: train")
-    print(f"{args.model} on {args.topology}: {len(devices)} chips, mesh {dict(mesh.shape)}, "
+    arch = _arch(cfg.aot.model)
+    print(f"{cfg.aot.model} on {topology}: {len(devices)} chips, mesh {dict(mesh.shape)}, "
           f"HBM {chip.hbm_bytes / GIB:.0f} GiB/chip")
     print(HEADER, flush=True)
-    reports, misfits = [], []
-
-    def show(name, compile_fn):
-        try:
-            rs = compile_fn()
-        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses programs that exceed HBM
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            print(f"{name:<34} does not fit: {str(e).splitlines()[0]}", flush=True)
-            misfits.append(name)
-            return
-        for r in rs:
-            print(r.row(), flush=True)
-            if not r.fits:
-                misfits.append(r.name)
-        reports.extend(rs)
-
-    if "train" in programs:
-        show("train step", lambda: [compile_train_step(cfg, arch, mesh, chip)])
+    misfits = []
+    try:
+        report = compile_train_step(cfg, arch, mesh, chip)
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses programs that exceed HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"{'train step':<34} does not fit: {str(e).splitlines()[0]}", flush=True)
+        misfits.append("train step")
+    else:
+        print(report.row(), flush=True)
+        if not report.fits:
+            misfits.append(report.name)
     if misfits:
         print(f"does not fit in {chip.hbm_bytes / GIB:.0f} GiB HBM: {', '.join(misfits)}", file=sys.stderr)
         return 1

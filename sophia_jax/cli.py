@@ -26,6 +26,7 @@ COMMANDS = {
     "train": ("sophia_jax.training.commands:train_main", "SOPHIA policy update on a trajectory store (resumable)"),
     "warmup": ("sophia_jax.training.commands:warmup_main", "warm-up fine-tuning of the policy on general VQA data"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
+    "aot": ("sophia_jax.aot:aot_main", "compile a training stage's step for a TPU slice from this host: memory, FLOPs, MFU"),
     "export": ("sophia_jax.checkpoint.export:main", "Orbax checkpoint -> Hugging Face (transformers-native)"),
 }
 

@@ -28,7 +28,7 @@ def test_train_step_compiles_for_a_tpu_slice():
 
 def test_aot_exits_nonzero_when_a_program_does_not_fit(capsys):
     # The XLA attention's f32 scores of 4 rows x 32K x 32K tokens alone are 16 GiB per head.
-    code = aot.aot_main(["--config", "train:runlocal", "--topology", "v5e:2x2", "--model", "tiny", "--programs", "train",
+    code = aot.aot_main(["--config", "train:runlocal", "--config.aot.topology=v5e:2x2", "--config.aot.model=tiny",
                          "--config.data.seq_len=32768", "--config.train.micro_rows=4"])
     assert code == 1
     assert "does not fit" in capsys.readouterr().err

@@ -66,7 +66,8 @@ def test_help_and_show_config(command, capsys):
     assert f"sophia-jax {command} --show-config" in " ".join(capsys.readouterr().out.split())
     assert cli.main([command, "--show-config"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"# sophia-jax {command} --config {command}") and "  # " in out
+    default = {"aot": "train"}.get(command, command)  # aot compiles a training stage's step
+    assert out.startswith(f"# sophia-jax {command} --config {default}") and "  # " in out
 
 
 # Per command: (misspelt field, missing file, bad value), each with what the one error line must name.
@@ -84,6 +85,8 @@ CASES = {
               ("--config.loss.normalization=median", "normalization")],
     "warmup": [("--config.optimizer.peak_lr=1", "peak_lr"), ("--config.model.checkpoint=/nonexistent/ckpt",
                "/nonexistent/ckpt"), ("--config.train.trainable=vision", "trainable")],
+    "aot": [("--config.aot.topolgy=x", "topolgy"), ("--config=missing.py", "missing.py"),
+            ("--config.aot.topology=v9x:2x2", "v9x")],
     "export": [("--config.chekpoint=x", "chekpoint"), ("--config.checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
                ("--config.max_shard_gb=0", "max_shard_gb")],
 }

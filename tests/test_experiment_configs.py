@@ -15,7 +15,8 @@ def test_every_stage_model_slice_is_there():
     names = {os.path.basename(f) for f in FILES}
     for model in ("internvl2_5_8b", "internvl2_5_38b", "internvl3_8b", "internvl3_38b"):
         for slice_name in ("v5p", "v6e"):
-            assert f"generate_{model}_{slice_name}.py" in names
+            for stage in ("generate", "train", "warmup"):
+                assert f"{stage}_{model}_{slice_name}.py" in names
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
@@ -25,4 +26,11 @@ def test_config_loads_and_mesh_fits_one_host(path):
         m = cfg.mesh
         assert m.data * m.fsdp * m.tensor == 4, "generate samples on one host's 4 chips"
         assert cfg.sampler.tile_budget >= cfg.policy.max_tiles + 1
+        assert cfg.distributed.mode == "auto"
+    else:  # train / warmup: FSDP over the whole slice, a row per chip, the paper's global batch
+        m, chips = cfg.mesh, {"v5p": 32, "v6e": 32}[os.path.basename(path)[:-3].rsplit("_", 1)[1]]
+        assert m.data * m.fsdp * m.tensor == chips and cfg.train.micro_rows % (m.data * m.fsdp) == 0
+        assert cfg.train.global_rows == 512 and cfg.train.global_rows % cfg.train.micro_rows == 0
+        assert cfg.data.seq_len == 32768 and cfg.model.scan_layers and cfg.model.attention == "splash"
+        assert cfg.aot.topology.split(":")[0] in ("v5p", "v6e") and cfg.aot.model in os.path.basename(path)
         assert cfg.distributed.mode == "auto"

@@ -17,6 +17,7 @@ import ml_collections
 
 from sophia_jax import sharding
 from sophia_jax.configs.loading import unknown_variant
+from sophia_jax.configs.train_data import distributed_section
 
 
 def _sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> ml_collections.ConfigDict:
@@ -95,15 +96,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Mesh over this host's devices; each host samples its own shards with its own model copy.
     cfg.mesh = mesh()  # data, fsdp, tensor sizes; -1 = all remaining devices
 
-    # Several hosts: how to start jax.distributed (see sophia_jax/distributed.py). 'auto' uses
-    # coordinator_address here if set, else SOPHIA_COORDINATOR_ADDRESS/_NUM_PROCESSES/_PROCESS_ID,
-    # else the TPU VM's own slice description, else runs as one process.
-    cfg.distributed = ml_collections.ConfigDict({
-        "mode": "auto",  # auto | tpu | off
-        "coordinator_address": "",  # host:port of process 0 ('' = from the environment)
-        "num_processes": -1,  # -1 = from the environment
-        "process_id": -1,  # -1 = from the environment
-    })
+    cfg.distributed = distributed_section()  # several hosts: how jax.distributed starts
 
     if arg == "runlocal":  # a CPU smoke run: tiny generation caps, float32, small batches
         for role in (cfg.policy, cfg.reasoner):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sophia_jax.configs.train_data import get_data_config
+from sophia_jax.configs.train_data import distributed_section, get_data_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -74,4 +74,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     # Mesh over all devices of all hosts: FSDP by default; tensor > 1 shards heads, MLP and vocab.
     cfg.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    cfg.distributed = distributed_section()  # several hosts: how jax.distributed starts
+
+    # `sophia-jax aot --config <this config>`: the TPU slice to compile this stage's train step for,
+    # from any host (needs the tpu extra; no weights are read), and the architecture preset.
+    cfg.aot = ml_collections.ConfigDict({"topology": "v5p:2x4x4", "model": "internvl3_8b"})
     return cfg

@@ -1,4 +1,5 @@
-"""The ``data`` section of the training configs (``train`` and ``warmup``), written once.
+"""Sections shared by stage configs, written once: ``data`` of the training configs (``train``
+and ``warmup``) and ``distributed`` of every stage.
 
 ``configs/train.py`` and ``configs/warmup.py`` set ``cfg.data = get_data_config(runlocal)`` and
 override what differs (the warm-up stage clears ``store`` and lists VQA sources instead). Every
@@ -13,6 +14,18 @@ import ml_collections
 def extra_source(path: str = "", weight: float = 1.0, **fields: str) -> ml_collections.ConfigDict:
     """One extra source: a JSONL / parquet file, its mixture weight, and its field names."""
     return ml_collections.ConfigDict({"path": path, "weight": weight, "fields": dict(fields)})
+
+
+def distributed_section() -> ml_collections.ConfigDict:
+    """How a stage starts jax.distributed on several hosts (see sophia_jax/distributed.py). 'auto'
+    uses coordinator_address here if set, else SOPHIA_COORDINATOR_ADDRESS/_NUM_PROCESSES/_PROCESS_ID,
+    else the TPU VM's own slice description, else runs as one process."""
+    return ml_collections.ConfigDict({
+        "mode": "auto",  # auto | tpu | off
+        "coordinator_address": "",  # host:port of process 0 ('' = from the environment)
+        "num_processes": -1,  # -1 = from the environment
+        "process_id": -1,  # -1 = from the environment
+    })
 
 
 def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sophia_jax import checkpoint, sharding
+from sophia_jax import checkpoint, distributed, sharding
 from sophia_jax.errors import UserError
 from sophia_jax.models.config import RuntimeConfig
 from sophia_jax.training import loss as loss_lib
@@ -143,6 +143,7 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
 
     if not cfg.output_dir:
         raise UserError("output_dir is required (--config.output_dir=DIR)")
+    distributed.initialize(cfg.distributed)  # before any device is touched: each host learns its place
     # Settings are checked before anything is loaded or written.
     loss_config = loss_lib.LossConfig(normalization=cfg.loss.normalization,
                                       importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip)
