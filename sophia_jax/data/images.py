@@ -54,6 +54,7 @@ __all__ = [
     "load_image",
     "tile_image",
     "pad_tiles",
+    "shared_budget",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -92,6 +93,25 @@ class TilingConfig:
     def max_tiles_per_image(self) -> int:
         """Upper bound on the tiles one image can produce (grid tiles plus the thumbnail)."""
         return self.max_tiles + (1 if self.use_thumbnail and self.max_tiles > 1 else 0)
+
+
+def shared_budget(config: TilingConfig, num_images: int, total_tiles: int) -> TilingConfig:
+    """The tiling for each of ``num_images`` images of one prompt that share ``total_tiles`` tiles.
+
+    Every image gets the same cap, the largest ``max_tiles`` (at most ``config.max_tiles``, at least 1) whose
+    worst case -- the grid plus its thumbnail -- times ``num_images`` fits ``total_tiles``; so a question with
+    several images always fits the budget of one prefill. InternVL's multi-image evaluation (VLMEvalKit) divides
+    a budget of grid tiles the same way (``max(1, min(max_num, total // images))``), without counting thumbnails.
+    Raises :class:`TileBudgetError` when even one tile per image exceeds the budget.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if num_images > total_tiles:
+        raise TileBudgetError(f"{num_images} images need at least {num_images} tiles; the budget is {total_tiles}")
+    cap = config.max_tiles
+    while cap > 1 and num_images * (cap + (1 if config.use_thumbnail else 0)) > total_tiles:
+        cap -= 1
+    return dataclasses.replace(config, min_tiles=min(config.min_tiles, cap), max_tiles=cap)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+# A test policy's words: the toy's, InternVL's image labels, and boxed answers so that random weights are
+# sometimes right (verdicts are a real mix).
+POLICY_WORDS = ("the", "image", "shows", "a", "so", "answer", "is", "3", "4", "5", "A", "B", ".", ",", "Image-1:",
+                "Image-2:", "Image-3:", "<Image-1>", "question", "?", *(f"\\boxed{{{a}}}" for a in ("3", "4", "A", "B")))
+
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
