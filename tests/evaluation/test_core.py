@@ -137,3 +137,27 @@ def test_pass_at_k_matches_enumeration():
         assert pass_at_k(n, c, k) == pytest.approx(sum(any(d) for d in draws) / len(draws))
     with pytest.raises(ValueError):
         pass_at_k(2, 3, 1)
+
+
+def test_model_judge_reads_every_answer_and_judges_only_its_benchmarks(policy, verifier):
+    from sophia_jax.evaluation.model_judge import ModelJudge, extraction_prompt, judgement_prompt, parse_judgement
+
+    mv = item(0, benchmark="mv_math", answer="4", question="What is 2 + 2 ?")
+    vista = item(1, benchmark="mathvista", answer="B", answer_type="choice", choices=("3", "4"), hint="Pick one.")
+    prompt = extraction_prompt(vista, "x" * 50 + " so the answer is (B)", response_chars=20)
+    assert prompt.endswith("Hint: Pick one.\nQuestion: question 1 ?\nChoices: (A) 3 (B) 4\n"
+                           "Model response: ...so the answer is (B)\nExtracted answer:")
+    assert judgement_prompt(mv, "four").endswith("Standard answer: 4\nModel answer: four\nJudgement:")
+    assert [parse_judgement(t) for t in ("Judgement: 1", "0", "1.5 or 10", "it is 0. no, 1")] == [True, False, None, True]
+
+    judge = ModelJudge(policy, judge_benchmarks=["mv_math"], max_new_tokens=4)
+    out = evaluate(policy, [mv, vista], EvalSettings(k=2, max_new_tokens=6), verifier=verifier, judge=judge)
+    samples = [s for r in out for s in r.samples]
+    extracted = judge.extract([(it, s.output) for it, s in zip([mv, mv, vista, vista], samples)])
+    for it, s, e in zip([mv, mv, vista, vista], samples, extracted):  # the model's reading, else the rules'
+        assert s.extracted == (e or score_answer(it.answer, s.output, it.choices, answer_type=it.answer_type).extracted)
+    # mv_math verdicts are the model's wherever there is an answer to judge; mathvista's stay the rules'.
+    assert [s.reason.split(":")[0] for s in out[0].samples] == ["model judge" if s.extracted else "no answer found"
+                                                                for s in out[0].samples]
+    assert any(s.extracted for s in out[0].samples), "the judge model should write something to judge"
+    assert all(not s.reason.startswith("model judge") for s in out[1].samples)
