@@ -427,6 +427,8 @@ def _item(layout: Layout, row: Any, path: Path, base: Path, origin: str) -> Eval
     images = _images(layout, row, base, origin)
     if not images and layout.require_image:
         raise RecordProblem(SkipReason.MISSING_IMAGE, f"no image in {', '.join(layout.images)}")
+    if choices and len(images) > 1:  # MMMU options may be images themselves ("<image 3>")
+        choices = tuple(number_image_references(c, len(images)) for c in choices)
     if callable(layout.category):
         category = layout.category(row, path)
     else:
@@ -491,7 +493,8 @@ def items_from_questions(path: str, *, benchmark: str = "questions", image_root:
                          fields: FieldMap = FieldMap(), limit: int = 0) -> BenchmarkSet:
     """A question dataset in the ``generate`` format (``datasets.read_questions``) as evaluation items.
 
-    The answer type is ``choice`` when the record has options or a single-letter answer, else ``free``.
+    The answer type is ``choice`` for a single-letter answer, else ``free`` (an option's text as the answer is
+    still matched against the options by the judge).
     """
     qs = read_questions(path, fields, image_root=image_root)
     items = []
@@ -499,7 +502,7 @@ def items_from_questions(path: str, *, benchmark: str = "questions", image_root:
         letter = bool(re.fullmatch(r"\(?[A-H]\)?", q.answer.strip()))
         items.append(EvalItem(
             id=q.id, benchmark=benchmark, question=number_image_references(q.question.strip(), len(q.images)),
-            answer=q.answer.strip(), answer_type="choice" if (q.choices and letter) or letter else "free",
+            answer=q.answer.strip(), answer_type="choice" if letter else "free",
             images=q.images, choices=q.choices, hint=q.hint, source=q.source,
         ))
     return BenchmarkSet(benchmark, items, list(qs.skipped), collections.Counter(), [str(path)])

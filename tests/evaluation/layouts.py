@@ -53,7 +53,7 @@ def mmmu(root: str) -> str:
         {"id": "validation_Accounting_1", "question": "<image 1> What is the total?", "options": "['10', '12', '14']",
          "image_1": image(1), "answer": "B", "question_type": "multiple-choice", "img_type": "['Tables']"},
         {"id": "validation_Accounting_2", "question": "Compare <image 1> with <image 2>. Which is larger?",
-         "options": "['the first', 'the second']", "image_1": image(2), "image_2": image(3, 30, 10), "answer": "A",
+         "options": "['<image 1>', 'the second']", "image_1": image(2), "image_2": image(3, 30, 10), "answer": "A",
          "question_type": "multiple-choice"},
         {"id": "validation_Accounting_3", "question": "What rate does <image 1> show?", "options": "[]",
          "image_1": image(4), "answer": "['1.5', '3/2']", "question_type": "open"},

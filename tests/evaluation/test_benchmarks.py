@@ -37,6 +37,7 @@ def test_mmmu_options_literal_images_and_open_answers(tmp_path):
     assert one.question == "What is the total?" and len(one.images) == 1 and one.category == "Accounting"
     two = items["validation_Accounting_2"]
     assert len(two.images) == 2 and two.question == "Compare <Image-1> with <Image-2>. Which is larger?"
+    assert two.choices == ("<Image-1>", "the second")
     assert np.asarray(Image.open(__import__("io").BytesIO(two.images[1].data))).shape == (10, 30, 3)
     three = items["validation_Accounting_3"]
     assert three.answer_type == "free" and three.answer == "1.5" and three.alternatives == ("3/2",)
