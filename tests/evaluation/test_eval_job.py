@@ -138,3 +138,37 @@ def test_rerun_of_a_finished_run_loads_no_model_and_other_settings_are_refused(w
     assert results(full) == before
     with pytest.raises(UserError, match="samples"):
         job.run(load("eval:runlocal", overrides(world, full, samples=3)))
+
+
+def test_two_processes_split_the_items_and_write_the_same_table(world, full, tmp_path):
+    """A real two-process ``sophia-jax eval`` over 127.0.0.1: each host judges its share, process 0 writes the
+    table after the barrier, and it equals the one-process table (an item's samples depend on its id only)."""
+    import socket
+    import subprocess
+    import sys
+
+    from sophia_jax import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "two")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               **{distributed.ENV_ADDRESS: f"127.0.0.1:{port}", distributed.ENV_COUNT: "2"})
+    mathvista = world["benchmarks"].split(",")[0]  # one benchmark keeps the two fresh processes short
+    procs = [subprocess.Popen([sys.executable, "-m", "sophia_jax.cli", "eval", "--config", "eval:runlocal",
+                               *overrides(world, out, benchmarks=mathvista)], env={**env, distributed.ENV_ID: str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"process {i} failed:\n{log[-3000:]}"
+    per_host = [len(lines_of(os.path.join(out, "items", f"items-p{i:03d}.jsonl"))) for i in range(2)]
+    expected = [r for r in lines(full) if r["benchmark"] == "mathvista"]
+    assert all(n > 0 for n in per_host) and sum(per_host) == len(expected)  # each item once, on one host
+    assert results(out)["benchmarks"]["mathvista"] == results(full)["benchmarks"]["mathvista"]
+
+
+def lines_of(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
