@@ -314,7 +314,8 @@ class Layout:
     # The answer field may hold several accepted answers (a list, or a list literal in a string): the first is
     # the gold, the others alternatives; with the row's ``is_multiple_answer`` set they are one answer's parts.
     answer_list: bool = False
-    skip_files: str | None = None  # files matching this regex are not part of the split (e.g. DynaMath's sample_all)
+    skip_files: str | None = None  # paths matching this regex are not part of the split (DynaMath's sample_all)
+    only_files: str | None = None  # only paths matching this regex are (MMMU-Pro's vision config, not standard)
 
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
@@ -323,7 +324,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            category=lambda row, path: re.sub(r"^[a-z]+_|_\d+$", "", str(row.get("id", "")))),
     Layout("mmmu_pro_vision", "MMMU Pro", "**/test-*.parquet", id="id",
            question=lambda row: MMMU_PRO_VISION_QUESTION, answer="answer", answer_type=lambda row: "choice",
-           images=("image",), category="subject"),
+           images=("image",), category="subject", only_files=r"(^|/)vision/[^/]*$"),
     Layout("mathvista", "MathVista", "**/testmini-*.parquet", id="pid", question="question", answer="answer",
            answer_type=_mathvista_type, images=("decoded_image", "image"), choices="choices", hint=_mathvista_hint,
            category="metadata.task", precision=_mathvista_precision),
@@ -334,7 +335,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            answer_type=_dynamath_type, images=("decoded_image", "image"), category="subject",
            precision=lambda row: 3 if row.get("answer_type") == "float" else None,
            id_of=lambda rid, row, path: f"{rid}-v{_dynamath_variant(path)}", group_of=lambda rid, row, path: rid,
-           skip_files=r"sample_all"),
+           skip_files=r"sample_all[^/]*$"),
     Layout("mathvision", "MathVision", "**/test-*.parquet", id="id", question="question", answer="answer",
            answer_type=_mathvision_type, images=("decoded_image", "image"), choices="options", category="subject"),
     Layout("mv_math", "MV-MATH", "**/MV-MATH.json", id="problem_id", question="question", answer="answer",
@@ -358,7 +359,9 @@ def data_files(layout: Layout, path: str) -> list[str]:
     else:
         files = glob.glob(path) if any(c in path for c in "*?[") else [path]
     if layout.skip_files:
-        files = [f for f in files if not re.search(layout.skip_files, os.path.basename(f))]
+        files = [f for f in files if not re.search(layout.skip_files, os.path.abspath(f))]
+    if layout.only_files:
+        files = [f for f in files if re.search(layout.only_files, os.path.abspath(f))]
     files = sorted(set(files))
     if not files:
         raise DatasetError(f"benchmark {layout.name!r}: no data files at {path!r} (looked for {layout.pattern})")

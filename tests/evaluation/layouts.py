@@ -75,6 +75,11 @@ def mmmu_pro_vision(root: str) -> str:
         {"id": "test_Math_2", "image": image(8), "options": "['1', '2']", "answer": "A", "subject": "Math"},
         {"id": "test_Math_3", "image": image(9), "options": "['1', '2']", "answer": None, "subject": "Math"},
     ]
+    standard = {"id": pa.string(), "question": pa.string(), "options": pa.string(), "image_1": IMAGE,
+                "answer": pa.string(), "subject": pa.string()}  # the other configs of the download
+    _write(os.path.join(root, "MMMU_Pro", "standard (10 options)", "test-00000-of-00001.parquet"), standard,
+           [{"id": "test_Art_1", "question": "<image 1> Which?", "options": "['a', 'b']", "image_1": image(7),
+             "answer": "A", "subject": "Art"}])
     return _write(os.path.join(root, "MMMU_Pro", "vision", "test-00000-of-00001.parquet"), cols, rows)
 
 

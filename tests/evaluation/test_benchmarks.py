@@ -49,7 +49,8 @@ def test_mmmu_options_literal_images_and_open_answers(tmp_path):
 
 def test_mmmu_pro_vision_question_is_in_the_image(tmp_path):
     path = layouts.mmmu_pro_vision(str(tmp_path))
-    bench = load_benchmark("mmmu_pro_vision", path)
+    bench = load_benchmark("mmmu_pro_vision", str(tmp_path / "MMMU_Pro"))  # the whole download: vision only
+    assert bench.files == [path]
     items = by_id(bench)
     art = items["test_Art_1"]
     assert art.answer_type == "choice" and art.answer == "C" and art.category == "Art"
