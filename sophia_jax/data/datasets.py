@@ -27,6 +27,10 @@ compared as strings and a repeated id skips the later record (``duplicate_id``).
 Images are referenced lazily by an :class:`ImageRef`; nothing is decoded unless ``validate=True`` or the caller
 loads the image (``question.image_ref.load(config)``).
 
+Why one file of ~600 lines: every image encoding and field rule above decides which records are usable,
+and they are read together here; the benchmark layouts (``sophia_jax.evaluation.benchmarks``) reuse
+:func:`iter_records` and :func:`parse_images` instead of repeating them.
+
 Bad records never raise: each becomes a :class:`Skipped` with a machine-readable ``reason`` code, a message
 naming the file and the line (JSONL, 1-based) or row (parquet, 0-based), and is counted. Only a dataset-level
 problem raises :class:`DatasetError`: missing file, unknown extension, an unreadable parquet file, or pyarrow
@@ -39,11 +43,9 @@ import base64
 import binascii
 import collections
 import dataclasses
-import functools
 import json
 import os
 import re
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,7 +54,7 @@ import numpy as np
 from PIL import Image
 
 from sophia_jax.errors import UserError
-from sophia_jax.data.images import ImageError, TilingConfig, load_image, open_image
+from sophia_jax.data.images import ImageError, TilingConfig, load_image, open_image, read_archive_member
 
 __all__ = [
     "DatasetError",
@@ -240,42 +242,6 @@ def _looks_like_image(data: bytes) -> bool:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return True
     return any(data.startswith(m) for m in _IMAGE_MAGIC)
-
-
-@functools.lru_cache(maxsize=16)
-def _archive_index(archive: str) -> tuple[zipfile.ZipFile, dict[str, list[str]]]:
-    """The open archive and its members by base name (for paths recorded relative to another folder)."""
-    zf = zipfile.ZipFile(archive)
-    by_name: dict[str, list[str]] = collections.defaultdict(list)
-    for member in zf.namelist():
-        if not member.endswith("/"):
-            by_name[PurePosixPath(member).name].append(member)
-    return zf, dict(by_name)
-
-
-def read_archive_member(archive: str | os.PathLike, member: str, *, name: str | None = None) -> bytes:
-    """The bytes of ``member`` of a zip archive.
-
-    The member is looked up exactly, then as the only member ending in ``/member``, then as the only member with
-    the same base name: a record's ``images/1.jpg`` is found whether the zip holds ``images/1.jpg`` or
-    ``MathVista/images/1.jpg``. Raises :class:`ImageError` naming the image when it is not there.
-    """
-    label = name or f"{archive}!{member}"
-    try:
-        zf, by_name = _archive_index(os.fspath(archive))
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ImageError(f"cannot open image archive {archive}: {exc}") from exc
-    member = member.lstrip("/")
-    candidates = [member] if member in zf.NameToInfo else [
-        m for m in by_name.get(PurePosixPath(member).name, []) if m.endswith("/" + member)
-    ] or by_name.get(PurePosixPath(member).name, [])
-    if len(candidates) != 1:
-        what = "not in the archive" if not candidates else f"ambiguous ({len(candidates)} members match)"
-        raise ImageError(f"image {what}: {label}")
-    try:
-        return zf.read(candidates[0])
-    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
-        raise ImageError(f"cannot read image from archive ({exc}): {label}") from exc
 
 
 class RecordProblem(Exception):
