@@ -25,6 +25,7 @@ COMMANDS = {
     "select": ("sophia_jax.sophia.commands:select_main", "re-select stored trajectories with another alpha / Keep-N"),
     "train": ("sophia_jax.training.commands:train_main", "SOPHIA policy update on a trajectory store (resumable)"),
     "warmup": ("sophia_jax.training.commands:warmup_main", "warm-up fine-tuning of the policy on general VQA data"),
+    "eval": ("sophia_jax.evaluation.commands:eval_main", "benchmark pass@1 / pass@k from the published files (resumable)"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
     "aot": ("sophia_jax.aot:aot_main", "compile a training stage's step for a TPU slice from this host: memory, FLOPs, MFU"),
     "export": ("sophia_jax.checkpoint.export:main", "Orbax checkpoint -> Hugging Face (transformers-native)"),

@@ -89,9 +89,12 @@ CASES = {
             ("--config.aot.topology=v9x:2x2", "v9x")],
     "export": [("--config.chekpoint=x", "chekpoint"), ("--config.checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
                ("--config.max_shard_gb=0", "max_shard_gb")],
+    "eval": [("--config.sampling.top_pp=1", "top_pp"), ("--config.benchmarks=mathvista=/nonexistent/mv.parquet",
+             "/nonexistent/mv.parquet"), ("--config.benchmarks=mathvist=/x", "mathvist")],
 }
 EXTRA = {"convert": ["--config.out=/tmp/never-written"], "export": ["--config.out=/tmp/never-written"],
-         "train": ["--config.output_dir=/tmp/never-written"], "warmup": ["--config.output_dir=/tmp/never-written"]}
+         "train": ["--config.output_dir=/tmp/never-written"], "warmup": ["--config.output_dir=/tmp/never-written"],
+         "eval": ["--config.model=/nonexistent/ckpt", "--config.output_dir=/tmp/never-written"]}
 
 
 @pytest.mark.parametrize("command,arg,names", [(c, a, n) for c, cases in CASES.items() for a, n in cases])

@@ -316,3 +316,33 @@ def test_parquet_plain_binary_and_path_columns(tmp_path, images):
     pq.write_table(pa.table({"id": ["a"], "image": ["imgs/a.png"], "question": ["q"], "answer": ["x"]}), path2)
     (q,) = read_questions(path2).questions
     np.testing.assert_array_equal(q.image_ref.load(CFG), tile_image(images["a"], CFG))
+
+
+def test_multi_image_lists_json_arrays_and_zipped_images(tmp_path, images):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "pics.zip", "w") as zf:
+        zf.writestr("pics/z.png", _png(_img(seed=3)))
+    rows = [{"id": "m1", "image": ["imgs/a.png", "b.jpg"], "question": "Image-1 vs Image-2?", "answer": "A"},
+            {"id": "m2", "image": [], "question": "none?", "answer": "B"},
+            {"id": "m3", "image": ["imgs/a.png", None], "question": "half?", "answer": "C"}]
+    path = tmp_path / "qs.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    qs = read_questions(path)
+    (m1,) = qs.questions
+    assert len(m1.images) == 2 and m1.image_ref == m1.images[0]
+    assert m1.images[1].load(CFG).shape == tile_image(Image.open(images["b_path"]), CFG).shape
+    assert {s.record_id: s.reason for s in qs.skipped} == {"m2": SkipReason.MISSING_IMAGE, "m3": SkipReason.MISSING_IMAGE}
+    assert qs.skipped[0].location == "item 1"
+
+    zipped = read_questions(_write_jsonl(tmp_path / "z.jsonl", [
+        {"id": "z", "image": "z.png", "question": "zipped?", "answer": "1"},
+        {"id": "gone", "image": "nowhere.png", "question": "?", "answer": "1"}]), image_root=tmp_path / "pics.zip")
+    z, gone = zipped.questions
+    assert z.image_ref.archive == tmp_path / "pics.zip" and z.image_ref.load(CFG).ndim == 4  # found as pics/z.png
+    with pytest.raises(ImageError, match="not in the archive"):
+        gone.image_ref.load(CFG)
+
+    (tmp_path / "bad.json").write_text('{"id": 1}', encoding="utf-8")
+    with pytest.raises(DatasetError, match="array"):
+        read_questions(tmp_path / "bad.json")

@@ -69,3 +69,19 @@ def test_a_scanned_model_refuses_a_kv_cache():
     with pytest.raises(ValueError, match="scan_layers"):
         lm.hidden_states(jnp.zeros((1, 1, lm.config.hidden_size)), jnp.zeros((1, 1), jnp.int32),
                          jnp.ones((1, 8), bool), cache=cache)
+
+
+def test_a_training_model_viewed_for_sampling_runs_with_a_cache():
+    """for_sampling: per-layer, no remat, splash -> xla; the training model itself is untouched."""
+    cfg = models.get_config("tiny")
+    cfg.runtime.scan_layers, cfg.runtime.remat, cfg.runtime.attention = True, True, "splash"
+    trained = models.build_model(cfg, seed=2)
+    view = decoder.for_sampling(trained)
+    lm = view.text_model
+    assert not lm.runtime.scan_layers and lm.runtime.attention == "xla" and lm.runtime.remat_policy == "none"
+    assert lm.layers[0].attn.runtime.attention == "xla"
+    assert trained.text_model.runtime.scan_layers and trained.text_model.runtime.attention == "splash"
+    ids = jnp.asarray([[5, 6, 7, 8]])
+    np.testing.assert_allclose(view.text_model(ids), _model(seed=2).text_model(ids), atol=1e-6)
+    cache = decoder.init_cache(lm.config, 1, 8, jnp.float32)
+    lm.hidden_states(lm.embed_tokens(ids), jnp.arange(4)[None], jnp.ones((1, 8), bool), cache=cache)

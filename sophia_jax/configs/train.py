@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from sophia_jax.configs.eval import held_out
 from sophia_jax.configs.train_data import distributed_section, get_data_config
 
 
@@ -67,6 +68,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.checkpoint.every = 2 if runlocal else 100  # steps between checkpoints (also saved at the end and on SIGTERM)
     cfg.checkpoint.keep = 3  # most recent checkpoints kept
     cfg.checkpoint.asynchronous = True  # write checkpoints while training goes on
+
+    # Held-out evaluation every eval.every steps with the eval core (eval.benchmarks as in sophia-jax eval),
+    # pass@1 per benchmark to TensorBoard; off by default.
+    cfg.eval = held_out(runlocal)
 
     cfg.log = ml_collections.ConfigDict()
     cfg.log.tensorboard = True  # event files in output_dir/tensorboard

@@ -73,6 +73,17 @@ def expand_images(text: str, num_tiles: Sequence[int], tokens_per_tile: int) -> 
     return out
 
 
+def number_images(text: str, num_images: int) -> str:
+    """The user text of a question with ``num_images`` images, in InternVL's multi-image format.
+
+    One image: the text itself (the template prepends ``<image>\\n``). Several: one ``Image-k: <image>`` line per
+    image before the text, as InternVL's chat examples and its VLMEvalKit evaluation write them.
+    """
+    if num_images <= 1:
+        return text
+    return "".join(f"Image-{k}: {IMAGE_PLACEHOLDER}\n" for k in range(1, num_images + 1)) + text
+
+
 def render_internvl2_5(
     messages: str | Sequence[Message],
     *,

@@ -5,8 +5,8 @@ Each record describes one visual question::
     {"id": "q1", "image": "imgs/q1.png", "question": "...", "answer": "B",
      "choices": ["...", "..."], "hint": "..."}
 
-Supported files: ``.jsonl`` / ``.ndjson`` (one JSON object per line, blank lines ignored) and ``.parquet``
-(read with pyarrow, in record batches). Field names are remapped with :class:`FieldMap`, e.g.
+Supported files: ``.jsonl`` / ``.ndjson`` (one JSON object per line, blank lines ignored), ``.json`` (one JSON
+array of objects, as MathVerse and MV-MATH publish) and ``.parquet`` (read with pyarrow, in record batches). Field names are remapped with :class:`FieldMap`, e.g.
 ``FieldMap(question="problem", answer="solution")``.
 
 The ``image`` field may hold
@@ -16,13 +16,20 @@ The ``image`` field may hold
   decoding to a known image signature -- PNG, JPEG, GIF, BMP, WEBP, TIFF), raw ``bytes`` in parquet;
 * a dict ``{"bytes": ..., "path": ...}`` as Hugging Face ``datasets`` stores images (bytes win when present;
   in JSONL the bytes are base64);
-* a one-element list of any of the above.
+* a list of any of the above: a multi-image question (``Question.images``; ``image_ref`` is the first).
+
+Relative paths resolve against the dataset file's folder or ``image_root``; when ``image_root`` is a ``.zip`` file
+the paths name members of that archive (the zipped image folders MathVista and MathVision publish).
 
 A record without the id field gets the synthetic id ``"<file stem>-<n>"`` (``n``: 0-based record index); ids are
 compared as strings and a repeated id skips the later record (``duplicate_id``).
 
 Images are referenced lazily by an :class:`ImageRef`; nothing is decoded unless ``validate=True`` or the caller
 loads the image (``question.image_ref.load(config)``).
+
+Why one file of ~600 lines: every image encoding and field rule above decides which records are usable,
+and they are read together here; the benchmark layouts (``sophia_jax.evaluation.benchmarks``) reuse
+:func:`iter_records` and :func:`parse_images` instead of repeating them.
 
 Bad records never raise: each becomes a :class:`Skipped` with a machine-readable ``reason`` code, a message
 naming the file and the line (JSONL, 1-based) or row (parquet, 0-based), and is counted. Only a dataset-level
@@ -40,14 +47,14 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from sophia_jax.errors import UserError
-from sophia_jax.data.images import ImageError, TilingConfig, load_image, open_image
+from sophia_jax.data.images import ImageError, TilingConfig, load_image, open_image, read_archive_member
 
 __all__ = [
     "DatasetError",
@@ -57,11 +64,15 @@ __all__ = [
     "QuestionSet",
     "Skipped",
     "SkipReason",
+    "RecordProblem",
     "iter_questions",
+    "iter_records",
+    "parse_images",
     "read_questions",
 ]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSON_SUFFIXES = (".json",)
 PARQUET_SUFFIXES = (".parquet",)
 
 
@@ -98,23 +109,32 @@ class FieldMap:
 class ImageRef:
     """A lazily loaded image: a filesystem ``path`` or inline encoded ``data`` (exactly one is set).
 
+    With ``archive`` set, ``path`` names a member of that ``.zip`` file instead of a file on disk.
     ``origin`` says where the reference came from (``file:line``) and is used in error messages.
     """
 
-    path: Path | None = None
+    path: Path | PurePosixPath | None = None
     data: bytes | None = dataclasses.field(default=None, repr=False)
     origin: str = ""
+    archive: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
             raise ValueError("ImageRef needs exactly one of path or data")
+        if self.archive is not None and self.path is None:
+            raise ValueError("an archive ImageRef needs the member path")
 
     @property
     def source(self) -> str | bytes | os.PathLike:
+        """What ``images.open_image`` reads: the path, the inline bytes, or the archive member's bytes."""
+        if self.archive is not None:
+            return read_archive_member(self.archive, str(self.path), name=self.describe())
         return self.path if self.path is not None else self.data  # type: ignore[return-value]
 
     def describe(self) -> str:
-        if self.path is not None:
+        if self.archive is not None:
+            where = f"{self.archive}!{self.path}"
+        elif self.path is not None:
             where = str(self.path)
         else:
             where = f"<inline image, {len(self.data or b'')} bytes>"
@@ -131,7 +151,11 @@ class ImageRef:
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-    """One visual question. ``choices`` is ``None`` when the record has none; ``hint`` is ``None`` when absent."""
+    """One visual question. ``choices`` is ``None`` when the record has none; ``hint`` is ``None`` when absent.
+
+    ``images`` holds every image of the question in order; ``image_ref`` is its first (or None). Either may be
+    given: the other is filled in.
+    """
 
     id: str
     image_ref: ImageRef | None
@@ -140,6 +164,15 @@ class Question:
     choices: tuple[str, ...] | None = None
     hint: str | None = None
     source: str = ""  # "file:line N" / "file:row N", for diagnostics
+    images: tuple[ImageRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.images and self.image_ref is not None:
+            object.__setattr__(self, "images", (self.image_ref,))
+        elif self.images and self.image_ref is None:
+            object.__setattr__(self, "image_ref", self.images[0])
+        elif self.images and self.images[0] != self.image_ref:
+            raise ValueError("Question.image_ref must be the first of Question.images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +244,9 @@ def _looks_like_image(data: bytes) -> bool:
     return any(data.startswith(m) for m in _IMAGE_MAGIC)
 
 
-class _RecordProblem(Exception):
+class RecordProblem(Exception):
+    """A record that cannot be used; ``reason`` is a :class:`SkipReason` code."""
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -222,18 +257,18 @@ def _decode_base64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _RecordProblem(SkipReason.BAD_IMAGE, f"{what} is not valid base64: {exc}") from exc
+        raise RecordProblem(SkipReason.BAD_IMAGE, f"{what} is not valid base64: {exc}") from exc
 
 
 def _image_from_string(text: str, base_dir: Path, origin: str, inline_strings: bool = True) -> ImageRef:
     stripped = text.strip()
     if not stripped:
-        raise _RecordProblem(SkipReason.MISSING_IMAGE, "image field is empty")
+        raise RecordProblem(SkipReason.MISSING_IMAGE, "image field is empty")
     m = _DATA_URI.match(stripped)
     if m:
         data = _decode_base64(stripped[m.end() :], "image data URI")
         if not data:
-            raise _RecordProblem(SkipReason.BAD_IMAGE, "image data URI holds no bytes")
+            raise RecordProblem(SkipReason.BAD_IMAGE, "image data URI holds no bytes")
         return ImageRef(data=data, origin=origin)
     # Plain base64 is told apart from a path by decoding to a known image signature; a path practically never
     # decodes (strictly) to e.g. b"\x89PNG\r\n\x1a\n".
@@ -245,28 +280,35 @@ def _image_from_string(text: str, base_dir: Path, origin: str, inline_strings: b
         if data and _looks_like_image(data):
             return ImageRef(data=data, origin=origin)
     path = Path(os.path.expanduser(stripped))
+    if not path.is_absolute() and base_dir.suffix.lower() == ".zip" and base_dir.is_file():
+        return ImageRef(path=PurePosixPath(stripped), archive=base_dir, origin=origin)
     if not path.is_absolute():
         path = base_dir / path
     return ImageRef(path=path, origin=origin)
 
 
-def _image_ref(value: Any, base_dir: Path, origin: str) -> ImageRef:
+def parse_images(value: Any, base_dir: Path, origin: str) -> tuple[ImageRef, ...]:
+    """The images of one record field: a single image value or a list of them (see the module docstring).
+
+    Relative paths resolve against ``base_dir`` (a folder, or a ``.zip`` whose members they name). Raises
+    :class:`RecordProblem` (``missing_image`` / ``bad_image``) for a value that names no usable image.
+    """
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         if not value:
-            raise _RecordProblem(SkipReason.MISSING_IMAGE, "image field is an empty list")
-        if len(value) != 1:
-            raise _RecordProblem(
-                SkipReason.BAD_IMAGE, f"image field holds {len(value)} images; exactly one is supported"
-            )
-        value = value[0]
+            raise RecordProblem(SkipReason.MISSING_IMAGE, "image field is an empty list")
+        return tuple(_image_ref(v, base_dir, f"{origin} image {i + 1}") for i, v in enumerate(value))
+    return (_image_ref(value, base_dir, origin),)
+
+
+def _image_ref(value: Any, base_dir: Path, origin: str) -> ImageRef:
     if value is None:
-        raise _RecordProblem(SkipReason.MISSING_IMAGE, "image field is null")
+        raise RecordProblem(SkipReason.MISSING_IMAGE, "image field is null")
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if not data:
-            raise _RecordProblem(SkipReason.BAD_IMAGE, "inline image holds no bytes")
+            raise RecordProblem(SkipReason.BAD_IMAGE, "inline image holds no bytes")
         return ImageRef(data=data, origin=origin)
     if isinstance(value, str):
         return _image_from_string(value, base_dir, origin)
@@ -278,15 +320,15 @@ def _image_ref(value: Any, base_dir: Path, origin: str) -> ImageRef:
             elif isinstance(raw, (bytes, bytearray, memoryview)):
                 data = bytes(raw)
             else:
-                raise _RecordProblem(SkipReason.BAD_IMAGE, f"image 'bytes' entry has type {type(raw).__name__}")
+                raise RecordProblem(SkipReason.BAD_IMAGE, f"image 'bytes' entry has type {type(raw).__name__}")
             if not data:
-                raise _RecordProblem(SkipReason.BAD_IMAGE, "image 'bytes' entry holds no bytes")
+                raise RecordProblem(SkipReason.BAD_IMAGE, "image 'bytes' entry holds no bytes")
             return ImageRef(data=data, origin=origin)
         path = value.get("path")
         if isinstance(path, str) and path.strip():
             return _image_from_string(path, base_dir, origin, inline_strings=False)
-        raise _RecordProblem(SkipReason.MISSING_IMAGE, "image dict has neither 'bytes' nor 'path'")
-    raise _RecordProblem(SkipReason.BAD_IMAGE, f"image field has unsupported type {type(value).__name__}")
+        raise RecordProblem(SkipReason.MISSING_IMAGE, "image dict has neither 'bytes' nor 'path'")
+    raise RecordProblem(SkipReason.BAD_IMAGE, f"image field has unsupported type {type(value).__name__}")
 
 
 def _text(value: Any) -> str | None:
@@ -314,7 +356,7 @@ def _parse_record(
     require_image: bool,
 ) -> Question:
     if not isinstance(record, Mapping):
-        raise _RecordProblem(SkipReason.MALFORMED_RECORD, f"record is a JSON {type(record).__name__}, not an object")
+        raise RecordProblem(SkipReason.MALFORMED_RECORD, f"record is a JSON {type(record).__name__}, not an object")
 
     # id: an absent field gets a synthetic id; a present but empty one is an error.
     if fields.id in record:
@@ -322,9 +364,9 @@ def _parse_record(
         try:
             qid = None if _missing(raw_id) else _text(raw_id)
         except TypeError:
-            raise _RecordProblem(SkipReason.BAD_FIELD, f"id {fields.id!r} has type {type(raw_id).__name__}")
+            raise RecordProblem(SkipReason.BAD_FIELD, f"id {fields.id!r} has type {type(raw_id).__name__}")
         if qid is None or not qid.strip():
-            raise _RecordProblem(SkipReason.MISSING_ID, f"id field {fields.id!r} is empty")
+            raise RecordProblem(SkipReason.MISSING_ID, f"id field {fields.id!r} is empty")
         qid = qid.strip()
     else:
         qid = default_id
@@ -332,22 +374,22 @@ def _parse_record(
     raw_q = record.get(fields.question)
     if not isinstance(raw_q, str):
         if _missing(raw_q):
-            raise _RecordProblem(SkipReason.EMPTY_QUESTION, f"question field {fields.question!r} is missing")
-        raise _RecordProblem(
+            raise RecordProblem(SkipReason.EMPTY_QUESTION, f"question field {fields.question!r} is missing")
+        raise RecordProblem(
             SkipReason.BAD_FIELD, f"question field {fields.question!r} has type {type(raw_q).__name__}"
         )
     if not raw_q.strip():
-        raise _RecordProblem(SkipReason.EMPTY_QUESTION, f"question field {fields.question!r} is empty")
+        raise RecordProblem(SkipReason.EMPTY_QUESTION, f"question field {fields.question!r} is empty")
 
     raw_a = record.get(fields.answer)
     if _missing(raw_a):
-        raise _RecordProblem(SkipReason.MISSING_ANSWER, f"answer field {fields.answer!r} is missing")
+        raise RecordProblem(SkipReason.MISSING_ANSWER, f"answer field {fields.answer!r} is missing")
     try:
         answer = _text(raw_a)
     except TypeError:
-        raise _RecordProblem(SkipReason.BAD_FIELD, f"answer field {fields.answer!r} has type {type(raw_a).__name__}")
+        raise RecordProblem(SkipReason.BAD_FIELD, f"answer field {fields.answer!r} has type {type(raw_a).__name__}")
     if answer is None or not answer.strip():
-        raise _RecordProblem(SkipReason.MISSING_ANSWER, f"answer field {fields.answer!r} is empty")
+        raise RecordProblem(SkipReason.MISSING_ANSWER, f"answer field {fields.answer!r} is empty")
 
     choices: tuple[str, ...] | None = None
     if fields.choices is not None and not _missing(record.get(fields.choices)):
@@ -355,15 +397,15 @@ def _parse_record(
         if isinstance(raw_c, np.ndarray):
             raw_c = raw_c.tolist()
         if not isinstance(raw_c, (list, tuple)):
-            raise _RecordProblem(
+            raise RecordProblem(
                 SkipReason.BAD_FIELD, f"choices field {fields.choices!r} must be a list, got {type(raw_c).__name__}"
             )
         try:
             items = [_text(c) for c in raw_c]
         except TypeError as exc:
-            raise _RecordProblem(SkipReason.BAD_FIELD, f"choices field {fields.choices!r} holds a {exc}")
+            raise RecordProblem(SkipReason.BAD_FIELD, f"choices field {fields.choices!r} holds a {exc}")
         if any(c is None for c in items):
-            raise _RecordProblem(SkipReason.BAD_FIELD, f"choices field {fields.choices!r} holds null entries")
+            raise RecordProblem(SkipReason.BAD_FIELD, f"choices field {fields.choices!r} holds null entries")
         choices = tuple(items)  # type: ignore[arg-type]
 
     hint: str | None = None
@@ -371,20 +413,21 @@ def _parse_record(
         try:
             hint = _text(record[fields.hint])
         except TypeError:
-            raise _RecordProblem(SkipReason.BAD_FIELD, f"hint field {fields.hint!r} is not text")
+            raise RecordProblem(SkipReason.BAD_FIELD, f"hint field {fields.hint!r} is not text")
         if hint is not None and not hint.strip():
             hint = None
 
-    image_ref: ImageRef | None = None
+    images: tuple[ImageRef, ...] = ()
     raw_img = record.get(fields.image)
     if _missing(raw_img):
         if require_image:
-            raise _RecordProblem(SkipReason.MISSING_IMAGE, f"image field {fields.image!r} is missing")
+            raise RecordProblem(SkipReason.MISSING_IMAGE, f"image field {fields.image!r} is missing")
     else:
-        image_ref = _image_ref(raw_img, base_dir, origin)
+        images = parse_images(raw_img, base_dir, origin)
 
     return Question(
-        id=qid, image_ref=image_ref, question=raw_q, answer=answer, choices=choices, hint=hint, source=origin
+        id=qid, image_ref=images[0] if images else None, question=raw_q, answer=answer, choices=choices, hint=hint,
+        source=origin, images=images,
     )
 
 
@@ -400,14 +443,14 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                yield loc, _RecordProblem(SkipReason.MALFORMED_RECORD, f"line is not valid UTF-8: {exc}")
+                yield loc, RecordProblem(SkipReason.MALFORMED_RECORD, f"line is not valid UTF-8: {exc}")
                 continue
             if not line.strip():
                 continue
             try:
                 yield loc, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield loc, _RecordProblem(SkipReason.MALFORMED_RECORD, f"invalid JSON: {exc}")
+                yield loc, RecordProblem(SkipReason.MALFORMED_RECORD, f"invalid JSON: {exc}")
 
 
 def _parquet_records(path: Path, batch_size: int = 256) -> Iterator[tuple[str, Any]]:
@@ -432,14 +475,36 @@ def _parquet_records(path: Path, batch_size: int = 256) -> Iterator[tuple[str, A
         raise DatasetError(f"cannot read parquet file {path} after row {row}: {exc}") from exc
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """A ``.json`` file holding one array of records ("item N", 0-based); the array itself must parse."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            rows = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read JSON dataset {path}: {exc}") from exc
+    if not isinstance(rows, list):
+        raise DatasetError(f"JSON dataset {path} must hold an array of records, not a {type(rows).__name__}")
+    for index, row in enumerate(rows):
+        yield f"item {index}", row
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """The raw records of a dataset file as ``(location, record)``, in file order.
+
+    A record that cannot even be decoded (invalid JSON line) comes as a :class:`RecordProblem` in place of the
+    record. Raises :class:`DatasetError` for an unknown extension (now) or an unreadable container (when read).
+    """
+    path = Path(path)
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
         return _jsonl_records(path)
+    if name.endswith(JSON_SUFFIXES):
+        return _json_records(path)
     if name.endswith(PARQUET_SUFFIXES):
         return _parquet_records(path)
     raise DatasetError(
-        f"unknown dataset extension for {path}: expected one of {', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}"
+        f"unknown dataset extension for {path}: expected one of "
+        f"{', '.join(JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES)}"
     )
 
 
@@ -475,7 +540,7 @@ def iter_questions(
         raise DatasetError(f"dataset file not found: {p}")
     if p.is_dir():
         raise DatasetError(f"dataset path is a directory, not a file: {p}")
-    records = _records(p)
+    records = iter_records(p)
     base_dir = Path(image_root) if image_root is not None else p.resolve().parent
     return _iter_parsed(p, records, field_map, base_dir, validate=validate, require_image=require_image)
 
@@ -492,7 +557,7 @@ def _iter_parsed(
     seen: dict[str, str] = {}
     for index, (loc, record) in enumerate(records):
         origin = f"{p}:{loc}"
-        if isinstance(record, _RecordProblem):
+        if isinstance(record, RecordProblem):
             yield Skipped(str(p), loc, record.reason, record.message)
             continue
         try:
@@ -504,7 +569,7 @@ def _iter_parsed(
                 default_id=f"{p.stem}-{index}",
                 require_image=require_image,
             )
-        except _RecordProblem as prob:
+        except RecordProblem as prob:
             rid = None
             if isinstance(record, Mapping):
                 raw_id = record.get(field_map.id)
@@ -516,9 +581,10 @@ def _iter_parsed(
                 str(p), loc, SkipReason.DUPLICATE_ID, f"duplicate id {q.id!r} (first seen at {seen[q.id]})", q.id
             )
             continue
-        if validate and q.image_ref is not None:
+        if validate and q.images:
             try:
-                q.image_ref.open()
+                for ref in q.images:
+                    ref.open()
             except ImageError as exc:
                 yield Skipped(str(p), loc, SkipReason.BAD_IMAGE, str(exc), q.id)
                 continue

@@ -28,13 +28,16 @@ order (the order in which InternVL scatters image embeddings) and zero-pads to a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
 import os
 import struct
 import warnings
+import zipfile
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -52,8 +55,10 @@ __all__ = [
     "num_tiles_for_size",
     "open_image",
     "load_image",
+    "read_archive_member",
     "tile_image",
     "pad_tiles",
+    "shared_budget",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -92,6 +97,25 @@ class TilingConfig:
     def max_tiles_per_image(self) -> int:
         """Upper bound on the tiles one image can produce (grid tiles plus the thumbnail)."""
         return self.max_tiles + (1 if self.use_thumbnail and self.max_tiles > 1 else 0)
+
+
+def shared_budget(config: TilingConfig, num_images: int, total_tiles: int) -> TilingConfig:
+    """The tiling for each of ``num_images`` images of one prompt that share ``total_tiles`` tiles.
+
+    Every image gets the same cap, the largest ``max_tiles`` (at most ``config.max_tiles``, at least 1) whose
+    worst case -- the grid plus its thumbnail -- times ``num_images`` fits ``total_tiles``; so a question with
+    several images always fits the budget of one prefill. InternVL's multi-image evaluation (VLMEvalKit) divides
+    a budget of grid tiles the same way (``max(1, min(max_num, total // images))``), without counting thumbnails.
+    Raises :class:`TileBudgetError` when even one tile per image exceeds the budget.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if num_images > total_tiles:
+        raise TileBudgetError(f"{num_images} images need at least {num_images} tiles; the budget is {total_tiles}")
+    cap = config.max_tiles
+    while cap > 1 and num_images * (cap + (1 if config.use_thumbnail else 0)) > total_tiles:
+        cap -= 1
+    return dataclasses.replace(config, min_tiles=min(config.min_tiles, cap), max_tiles=cap)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,6 +313,42 @@ def open_image(source: str | bytes | os.PathLike, *, name: str | None = None) ->
     except Exception as exc:  # any other decoder failure: still one clear error type for callers
         raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc}): {label}") from exc
     return rgb
+
+
+@functools.lru_cache(maxsize=16)
+def _archive_index(archive: str) -> tuple[zipfile.ZipFile, dict[str, list[str]]]:
+    """The open archive and its members by base name (for paths recorded relative to another folder)."""
+    zf = zipfile.ZipFile(archive)
+    by_name: dict[str, list[str]] = collections.defaultdict(list)
+    for member in zf.namelist():
+        if not member.endswith("/"):
+            by_name[PurePosixPath(member).name].append(member)
+    return zf, dict(by_name)
+
+
+def read_archive_member(archive: str | os.PathLike, member: str, *, name: str | None = None) -> bytes:
+    """The bytes of ``member`` of a zip archive.
+
+    The member is looked up exactly, then as the only member ending in ``/member``, then as the only member with
+    the same base name: a record's ``images/1.jpg`` is found whether the zip holds ``images/1.jpg`` or
+    ``MathVista/images/1.jpg``. Raises :class:`ImageError` naming the image when it is not there.
+    """
+    label = name or f"{archive}!{member}"
+    try:
+        zf, by_name = _archive_index(os.fspath(archive))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ImageError(f"cannot open image archive {archive}: {exc}") from exc
+    member = member.lstrip("/")
+    candidates = [member] if member in zf.NameToInfo else [
+        m for m in by_name.get(PurePosixPath(member).name, []) if m.endswith("/" + member)
+    ] or by_name.get(PurePosixPath(member).name, [])
+    if len(candidates) != 1:
+        what = "not in the archive" if not candidates else f"ambiguous ({len(candidates)} members match)"
+        raise ImageError(f"image {what}: {label}")
+    try:
+        return zf.read(candidates[0])
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise ImageError(f"cannot read image from archive ({exc}): {label}") from exc
 
 
 def load_image(

@@ -236,8 +236,11 @@ class VqaSource:
         except DatasetError as e:
             raise DataError(f"VQA source: {e}") from None
         self.skipped = [Skip(self.name, s.record_id or f"{s.file}:{s.location}", s.reason, str(s)) for s in qs.skipped]
+        # One image per example: the packer and the train step place one image's tiles per segment.
+        self.skipped += [Skip(self.name, q.id, "multi_image", f"{q.source}: {len(q.images)} images; training takes "
+                              "one image per example") for q in qs if len(q.images) > 1]
         self.items = [Item(record_id=q.id, question=format_question(q.question, q.choices), response=q.answer,
-                           image=q.image_ref, reward=1.0) for q in qs]
+                           image=q.image_ref, reward=1.0) for q in qs if len(q.images) <= 1]
 
     def __len__(self) -> int:
         return len(self.items)

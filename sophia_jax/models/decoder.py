@@ -103,6 +103,20 @@ def set_scan_layers(model: nnx.Module, scan: bool, mesh=None) -> None:
     lm.runtime = dataclasses.replace(lm.runtime, scan_layers=scan)
 
 
+def for_sampling(model: nnx.Module) -> nnx.Module:
+    """A view of a training model (same arrays where it can) that the sampler runs: per-layer
+    parameters, no remat, and the XLA attention where training used the splash kernel (which has
+    no KV-cache mode)."""
+    model = nnx.merge(*nnx.split(model))  # a new module graph: the caller's model is untouched
+    set_scan_layers(model, False)
+    for _, module in nnx.iter_graph(model):
+        runtime = getattr(module, "runtime", None)
+        if isinstance(runtime, RuntimeConfig):
+            attention = "xla" if runtime.attention == "splash" else runtime.attention
+            module.runtime = dataclasses.replace(runtime, attention=attention, remat=False)
+    return model
+
+
 class LayerCache(NamedTuple):
     k: jax.Array  # [B, S, K, H]
     v: jax.Array  # [B, S, K, H]

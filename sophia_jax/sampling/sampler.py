@@ -20,7 +20,8 @@ chosen on ``len(prompt) - 1`` (the last prompt token is fed by the first decode 
 program is logged; ``compiled_programs()`` counts what XLA compiled, shared by all samplers of
 the same model graph.
 
-Floating point: a sample's tokens depend on (seed, prompt, sample) and the weights; its row and
+Floating point: a sample's tokens depend on (seed, prompt key -- its position unless ``Prompt.key``
+is set --, sample) and the weights; its row and
 its neighbours only change which rows are computed together, and rows do not interact, so
 results do not depend on batching up to XLA's batch-size-dependent rounding (not seen on CPU
 in the tests, which compare exactly).
@@ -89,6 +90,10 @@ class Prompt:
     tokens: Sequence[int]
     pixel_values: np.ndarray | None = None  # float32[tiles, C, H, W]
     stop_token_ids: tuple[int, ...] = ()  # added to SamplingParams.stop_token_ids
+    # The number the sampling keys fold in for this prompt (0 <= key < 2**31); None = its position in the
+    # call. A stable key per prompt (e.g. a hash of a question id) makes its samples independent of which
+    # other prompts share the call, so any split into calls samples the same tokens.
+    key: int | None = None
 
     @property
     def num_tiles(self) -> int:
@@ -305,6 +310,8 @@ class Sampler:
         stops = set(params.stop_token_ids) | set(prompt.stop_token_ids)
         if len(stops) > MAX_STOP_TOKENS:
             raise ValueError(f"prompt {index}: {len(stops)} stop tokens, at most {MAX_STOP_TOKENS}")
+        if prompt.key is not None and not 0 <= prompt.key < 2**31:
+            raise ValueError(f"prompt {index}: key must be in [0, 2**31), got {prompt.key}")
         if prompt.pixel_values is not None and not self.multimodal:
             raise ValueError(f"prompt {index} has images but the model is text-only")
         if self.multimodal:
@@ -522,7 +529,9 @@ class _Run:
         for r, copy_from, copy_to in started:
             row = self.rows[r]
             tokens = self.prompts[row.prompt].tokens
-            mask[r], length[r], last[r], pi[r], si[r] = True, len(tokens) - 1, tokens[-1], row.prompt, row.sample
+            key = self.prompts[row.prompt].key
+            mask[r], length[r], last[r], si[r] = True, len(tokens) - 1, tokens[-1], row.sample
+            pi[r] = row.prompt if key is None else key
             src[r], dst[r] = copy_from, copy_to
             stops = self.stops[row.prompt]
             stop_ids[r, : len(stops)] = stops

@@ -32,14 +32,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from sophia_jax import checkpoint, distributed, sharding
+from sophia_jax import distributed, sharding
 from sophia_jax.configs.loading import require
 from sophia_jax.errors import UserError
 from sophia_jax.data import chat_templates
 from sophia_jax.data.datasets import FieldMap, Question, read_questions
 from sophia_jax.data.images import ImageError, TilingConfig
-from sophia_jax.models.config import RuntimeConfig
-from sophia_jax.sampling import Prompt, Sampler, SamplerConfig, SamplingParams
+from sophia_jax.sampling import Prompt, Sampler, SamplingParams
+from sophia_jax.sampling.load import load_sampler
 from sophia_jax.sophia import selection
 from sophia_jax.sophia.prompts import Prompts
 from sophia_jax.data.trajectory_record import TrajectoryRecord
@@ -72,28 +72,13 @@ class Scored:
     trajectory_policy_tokens: int
 
 
-def _name(role_cfg) -> str:
-    return role_cfg.name or os.path.basename(os.path.normpath(role_cfg.checkpoint))
-
-
-def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
-    """Loads a checkpoint (ours or a Hugging Face directory) and builds its sampler."""
-    tokenizer = checkpoint.load_tokenizer(role_cfg.checkpoint)  # before the weights: an unusable one fails fast
-    runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype)
-    model = checkpoint.load(role_cfg.checkpoint, mesh=mesh, runtime=runtime)
-    s = cfg.sampler
-    sampler = Sampler(
-        model,
-        SamplerConfig(batch_size=s.batch_size, buckets=tuple(s.buckets), cache_dtype=s.cache_dtype,
-                      tile_budget=s.tile_budget, decode_chunk=s.decode_chunk, progress=s.progress,
-                      kv_budget=s.kv_budget, block_size=s.block_size,
-                      pad_id=int(tokenizer.pad_token_id or 0)),
-        mesh=mesh, tokenizer=tokenizer,
-    )
+def load_role(role_cfg, cfg, mesh) -> Role:
+    """Loads a role's checkpoint (ours or a Hugging Face directory) with its sampler and sampling settings."""
+    loaded = load_sampler(role_cfg.checkpoint, cfg.sampler, dtype=cfg.dtype, mesh=mesh, name=role_cfg.name)
     p = role_cfg.sampling
     sampling = SamplingParams(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
-                              top_k=p.top_k, n=p.n, stop_token_ids=tuple(stop_token_ids(tokenizer)), seed=p.seed)
-    return Role(_name(role_cfg), model, tokenizer, sampler, sampling)
+                              top_k=p.top_k, n=p.n, stop_token_ids=loaded.stop_token_ids, seed=p.seed)
+    return Role(loaded.name, loaded.model, loaded.tokenizer, loaded.sampler, sampling)
 
 
 def shard_seed(role: str, base: int, shard_id: int) -> int:
@@ -252,7 +237,13 @@ def read_dataset(cfg, report: Report) -> list[Question]:
     questions = read_questions(cfg.dataset.path, FieldMap(**fields), image_root=cfg.dataset.image_root or None)
     for s in questions.skipped:
         report.skip("dataset", s.reason, s.message, s.record_id, f"{s.file}:{s.location}")
-    items = list(questions)
+    items = []
+    for q in questions:
+        if len(q.images) > 1:  # captions describe one image; the method has no multi-image captioning
+            report.skip("dataset", "multi_image", f"{len(q.images)} images; generate captions one image per "
+                        "question", q.id, q.source)
+        else:
+            items.append(q)
     if cfg.dataset.limit:
         items = items[: cfg.dataset.limit]
     report.questions_read = len(items)
@@ -279,8 +270,8 @@ def generate(cfg: ml_collections.ConfigDict) -> Report:
 
     if todo:
         mesh = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), jax.local_devices())
-        policy = load_role(cfg.policy, cfg, mesh, chat_templates.internvl_stop_token_ids)
-        reasoner = load_role(cfg.reasoner, cfg, mesh, chat_templates.stop_token_ids)
+        policy = load_role(cfg.policy, cfg, mesh)
+        reasoner = load_role(cfg.reasoner, cfg, mesh)
         with VerifierPool(num_workers=cfg.verifier.workers, timeout=cfg.verifier.timeout) as verifier:
             behaviour = BehaviourModel(cfg, policy, reasoner, verifier)
             loop_start = time.perf_counter()

@@ -43,9 +43,9 @@ def _save(model, tokenizer, directory: str) -> str:
     return directory
 
 
-def write_policy(directory: str, seed: int = 0) -> str:
-    """A tiny InternVL (56-pixel tiles, 4 tokens per tile) with an InternVL-style chat tokenizer."""
-    tok = tiny_tokenizer(image_token_id=None, words=POLICY_WORDS)
+def write_policy(directory: str, seed: int = 0, words: tuple[str, ...] = POLICY_WORDS) -> str:
+    """A tiny InternVL (56-pixel tiles, 4 tokens per tile) with an InternVL-style chat tokenizer over ``words``."""
+    tok = tiny_tokenizer(image_token_id=None, words=words)
     config = InternVLConfig(
         vision=VisionConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56),
         text=_text_config(len(tok)), image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),

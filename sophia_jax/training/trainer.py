@@ -190,6 +190,13 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
         log.info("resumed from %s at step %d", ckpts.directory, start)
     del params
 
+    evaluator = None
+    if cfg.eval.every:
+        from sophia_jax.training.held_out import HeldOutEval
+
+        evaluator = HeldOutEval(cfg.eval, graphdef=graphdef, tokenizer=tokenizer, mesh=mesh, output_dir=cfg.output_dir,
+                                name=os.path.basename(os.path.normpath(policy_checkpoint)))
+
     final_dir = os.path.join(cfg.output_dir, "final")
     examples_log = os.path.join(cfg.output_dir, f"examples-{jax.process_index()}.jsonl")
     truncate_jsonl(examples_log, start)
@@ -216,6 +223,8 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
                 values.update(grad_norm=metrics["grad_norm"], learning_rate=metrics["learning_rate"])
                 real_tokens = int(np.sum(local["segment_ids"] > 0)) * jax.process_count()
                 values["tokens_per_s"] = bar.update(values["loss"], real_tokens)
+                if evaluator is not None and evaluator.due(step + 1, total_steps):
+                    values.update(evaluator(step + 1, state.params, frozen))
                 writer.write(step + 1, values)
                 report.tokens += real_tokens
                 report.loss_tokens += int(metrics.get("tokens", 0))
@@ -234,6 +243,8 @@ def train(cfg: ml_collections.ConfigDict) -> TrainReport:
         bar.close()
         writer.close()
         ckpts.close()
+        if evaluator is not None:
+            evaluator.close()
     report.seconds = time.perf_counter() - t0
     report.steps = int(state.step)
     report.data = pipeline.report()

@@ -15,6 +15,7 @@ This package must stay free of jax/numpy imports: pool workers load it
 in fresh interpreters.  sympy is imported lazily, on first symbolic use.
 """
 
+from .answer_types import ANSWER_TYPES, EVAL_SCORER, score_answer
 from .extract import answer_region, choice_letter, choice_options, extract_answer, extract_choice, find_boxed
 from .judge import DEFAULT_ABS_TOL, DEFAULT_REL_TOL, MAX_ANSWER_CHARS, Verdict, judge
 from .normalize import clean_latex, normalize_part, split_top_level
@@ -22,7 +23,9 @@ from .pool import VerifierPool, WorkerStartupError
 from .reward import Reward, score_trajectory
 
 __all__ = [
+    "ANSWER_TYPES",
     "DEFAULT_ABS_TOL",
+    "EVAL_SCORER",
     "DEFAULT_REL_TOL",
     "MAX_ANSWER_CHARS",
     "Reward",
@@ -38,6 +41,7 @@ __all__ = [
     "find_boxed",
     "judge",
     "normalize_part",
+    "score_answer",
     "score_trajectory",
     "split_top_level",
 ]

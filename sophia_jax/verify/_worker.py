@@ -4,7 +4,8 @@ The parent starts ``python _worker.py CONFIG_JSON`` and talks JSON lines:
 
 * worker -> parent ``{"ready": true, "pid": ...}`` once imports are done
   (so sympy's import time is not charged to the first item's timeout);
-* parent -> worker ``{"id": n, "gold": ..., "text": ..., "choices": ...}``;
+* parent -> worker ``{"id": n, "gold": ..., "text": ..., "choices": ..., "options": {...}}``
+  (``options``: this item's keyword arguments for the scorer);
 * worker -> parent ``{"id": n, "extracted": ...}`` (progress: the answer
   about to be judged) then ``{"id": n, "reward": ..., "reason": ...}``.
 
@@ -89,7 +90,8 @@ def main() -> None:
 
         extracted = None
         try:
-            r = scorer(req["gold"], req["text"], req.get("choices"), on_extracted=on_extracted, **judge_kwargs)
+            kwargs = {**judge_kwargs, **(req.get("options") or {})}
+            r = scorer(req["gold"], req["text"], req.get("choices"), on_extracted=on_extracted, **kwargs)
             out = {"id": rid, "reward": float(r.reward), "extracted": r.extracted, "reason": r.reason}
         except BaseException as e:  # noqa: BLE001 - includes RecursionError, MemoryError
             out = {

@@ -104,6 +104,7 @@ class VerifierPool:
         mod, sep, fn = scorer.partition(":")
         if not sep or not mod.isidentifier() or not fn.isidentifier():
             raise ValueError(f"scorer must look like 'module:function', got {scorer!r}")
+        self.scorer = scorer
         self.num_workers = int(num_workers)
         self.timeout = float(timeout)
         self.startup_timeout = float(startup_timeout)
@@ -128,7 +129,9 @@ class VerifierPool:
         """Rewards for ``items``, in input order.
 
         Each item is ``(gold, text)``, ``(gold, text, choices)`` or a
-        mapping with keys ``gold``, ``text`` and optional ``choices``.
+        mapping with keys ``gold``, ``text`` and optional ``choices`` and
+        ``options`` (keyword arguments for the scorer of this item only,
+        over the pool's ``judge_kwargs``; JSON-serialisable).
         Never raises because of an item: timeouts and crashes come back
         as reward 0 with reason ``"timeout after ..."`` / ``"crash: ..."``.
         """
@@ -168,8 +171,10 @@ class VerifierPool:
 
     @staticmethod
     def _as_request(item) -> dict:
+        options = {}
         if isinstance(item, Mapping):
             gold, text, choices = item["gold"], item.get("text"), item.get("choices")
+            options = dict(item.get("options") or {})
         else:
             if len(item) not in (2, 3):
                 raise ValueError("items must be (gold, text) or (gold, text, choices)")
@@ -183,6 +188,7 @@ class VerifierPool:
             "gold": None if gold is None else str(gold),
             "text": None if text is None else str(text),
             "choices": choices,
+            "options": options,
         }
 
     def _spawn(self) -> _Worker:

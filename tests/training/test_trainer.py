@@ -197,3 +197,34 @@ def test_an_empty_selection_is_one_clear_error(world, tmp_path):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "nothing" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_held_out_eval_every_n_steps_matches_the_eval_core_on_the_final_model(world, tmp_path):
+    from sophia_jax.evaluation import evaluate, items_from_questions, summarize
+    from sophia_jax.evaluation.job import settings_of
+    from sophia_jax.sampling.load import load_sampler
+
+    questions = os.path.join(world["root"], "data", "questions.jsonl")
+    out = tmp_path / "with-eval"
+    cfg = load("train:runlocal", _args(world, out) + [
+        "--config.train.steps=4", "--config.eval.every=2", f"--config.eval.benchmarks=questions={questions}",
+        "--config.eval.limit=3", "--config.eval.samples=2", "--config.eval.sampling.max_new_tokens=4"])
+    report = train(cfg)
+    with open(out / "metrics.jsonl") as f:
+        logged = {row["step"]: row for row in map(json.loads, f)}
+    assert [s for s, row in logged.items() if "eval/questions/pass@1" in row] == [2, 4]
+    assert {"eval/questions/pass@2", "eval/average/pass@1"} <= set(logged[4])
+    events = os.listdir(out / "tensorboard")
+    assert events and any("tfevents" in e for e in events)
+
+    # What was sampled and logged at the last step is the eval core's on the saved final model.
+    policy = load_sampler(report.final, cfg.eval.sampler, dtype=cfg.model.dtype, mesh=None)
+    items = items_from_questions(questions, limit=3).items
+    results = evaluate(policy, items, settings_of(cfg.eval))
+    with open(out / "held_out" / "step-00000004.jsonl") as f:
+        assert [json.loads(line) for line in f] == [r.to_json() for r in results]
+    with open(out / "held_out" / "step-00000002.jsonl") as f:
+        assert [json.loads(line) for line in f] != [r.to_json() for r in results]  # other weights, other outputs
+    table = summarize(results, {}, k=2)
+    assert logged[4]["eval/questions/pass@1"] == table["benchmarks"]["questions"]["pass@1"]
+    assert logged[4]["eval/questions/pass@2"] == table["benchmarks"]["questions"]["pass@2"]
