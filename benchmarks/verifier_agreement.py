@@ -21,17 +21,29 @@ import json
 import os
 import time
 
+from sophia_jax.verify import extract_answer, find_boxed
+
 
 def _ours(rows, workers: int, timeout: float):
     from sophia_jax.verify import VerifierPool
 
     with VerifierPool(num_workers=workers, timeout=timeout) as pool:
-        return pool.score([(r["gold"], _as_trajectory(r)) for r in rows])
+        return pool.score([(_gold(r), _as_trajectory(r)) for r in rows])
+
+
+def _gold(row: dict) -> str:
+    """Free-text rows may hold a whole solution as gold; the peer reads it with the same
+    extraction as the prediction, and so do we."""
+    return row["gold"] if row.get("extracted") else extract_answer(row["gold"]) or row["gold"]
 
 
 def _as_trajectory(row: dict) -> str:
-    """Rows marked ``extracted`` hold a bare final answer: put it where our extraction looks."""
-    return f"**Final answer**\n\\boxed{{{row['pred']}}}" if row.get("extracted") else row["pred"]
+    """Rows marked ``extracted`` hold a bare final answer: put it where our extraction looks
+    (in a box, or after the marker when its braces would not close one)."""
+    if not row.get("extracted"):
+        return row["pred"]
+    boxed = f"**Final answer**\n\\boxed{{{row['pred']}}}"
+    return boxed if find_boxed(boxed) == [row["pred"].strip()] else f"**Final answer**\n{row['pred']}"
 
 
 def _math_verify(rows):
@@ -71,6 +83,10 @@ def main() -> None:
         name = os.path.basename(path)[:-6]
         print(f"{name}: {agree}/{len(rows)} agree ({100 * agree / len(rows):.1f}%), "
               f"accepted wrong {len(wrong)}, missed {len(missed)}  [{secs:.1f}s]")
+        sources = collections.Counter(r["source"].split(":")[0] for r in rows)
+        for src, n in sorted(sources.items()):
+            ok = sum((g.reward == 1.0) == r["expected"] for g, r in zip(got, rows) if r["source"].startswith(src + ":"))
+            print(f"    {src}: {ok}/{n} agree")
         for k, n in kinds.most_common():
             print(f"    miss {n:3d}  {k}")
         if args.show_misses:
