@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .normalize import clean_latex, match_brace
+from .normalize import CODE_RE, clean_latex, match_brace
 
 __all__ = [
     "answer_region",
@@ -197,8 +197,8 @@ def _after_marker(region: str) -> tuple[int, str] | None:
                 return (last.start(), body) if body else None
     line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
     line = _first_sentence(line).strip()
-    if not line:
-        return None
+    if not line or CODE_RE.search(line):
+        return (last.start(), line) if line else None
     math = _last_inline_math(line)
     if math:
         value = _TRAILING_VALUE_RE.match(line[math[1]:])
@@ -229,6 +229,8 @@ def _text_end(region: str) -> str | None:
     # (A box left open there means the generation was cut off: no answer.)
     if _BOX_RE.search(lines[-1]):
         return None
+    if CODE_RE.search(lines[-1]):
+        return lines[-1]
     if "$" not in lines[-1] and len(lines[-1]) <= 100 and not _PROSE_RE.search(lines[-1]):
         return lines[-1]
     return _last_value(lines[-1])

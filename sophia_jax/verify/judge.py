@@ -26,6 +26,7 @@ from fractions import Fraction
 
 from .extract import choice_letter, choice_options
 from .normalize import (
+    CODE_RE,
     NAME_RE,
     Part,
     canonical,
@@ -39,7 +40,6 @@ from .normalize import (
 )
 
 __all__ = [
-    "CODE_RE",
     "DEFAULT_ABS_TOL",
     "DEFAULT_REL_TOL",
     "MAX_ANSWER_CHARS",
@@ -54,12 +54,6 @@ DEFAULT_ABS_TOL = 1e-8
 MAX_ANSWER_CHARS = 2000
 #: Most answer parts matched as a multiset.
 MAX_PARTS = 32
-#: Code, not mathematics: a prediction like this is refused, and a gold answer like
-#: this is compared as text only (never parsed).
-CODE_RE = re.compile(
-    r"__|\b(?:import|lambda)\b|\b(?:eval|exec|open|compile|getattr|setattr|delattr|globals|locals"
-    r"|vars|sympify|parse_expr|system|popen|subprocess)\s*\("
-)
 
 
 @dataclass(frozen=True)
@@ -323,9 +317,10 @@ def _equal_part(g: str, p: str, opts: _Opts) -> Verdict:
 
     gn, pn = _parse_number(gp.text), _parse_number(pp.text)
     if gn is not None and pn is not None:
+        approx = bool(re.search(r"[.eE]", gp.text + pp.text))  # a decimal or 1e-12 form
         for a in _candidates(gn, gp, opts, gold=True):
             for b in _candidates(pn, pp, opts, gold=False):
-                if _close(a, b, opts):
+                if _close(a, b, opts, approx):
                     exact = a == b
                     return Verdict(True, "numeric match" + ("" if exact else " within tolerance"))
         return Verdict(False, "numeric mismatch")
@@ -428,11 +423,15 @@ def _candidates(v, part: Part, opts: _Opts, *, gold: bool) -> list:
     return out
 
 
-def _close(a, b, opts: _Opts) -> bool:
+def _close(a, b, opts: _Opts, approx: bool) -> bool:
+    """Equal, or (``approx``: a side was written as a decimal) within tolerance.
+
+    Exact values must agree exactly: 3628801 is not 10!, however close.
+    """
     if isinstance(a, float) or isinstance(b, float):  # infinities
         return a == b
-    if a == b:
-        return True
+    if a == b or not approx:
+        return a == b
     tol = max(Fraction(opts.rel_tol) * max(abs(a), abs(b)), Fraction(opts.abs_tol))
     return abs(a - b) <= tol
 
@@ -613,6 +612,8 @@ def _expr_equal(a, b, opts: _Opts) -> str | None:
                 return "symbolic match (exact difference 0)" if d == 0 else None
             except Exception:  # noqa: BLE001
                 return None
+        if a.is_Rational and b.is_Rational:  # exact values: no tolerance (see _close)
+            return None
         return "numeric match (evaluated)" if _near(va, vb, opts) else None
     agree = 0
     for pt in _sample_points(free):

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "CODE_RE",
     "NAME_RE",
     "Part",
     "canonical",
@@ -33,6 +34,14 @@ __all__ = [
     "strip_approximation",
     "strip_assignment",
 ]
+
+#: Code, not mathematics.  The judge refuses a prediction like this and compares such a
+#: gold answer as text only; extraction returns such a line whole instead of fishing a
+#: value out of it.
+CODE_RE = re.compile(
+    r"__|\b(?:import|lambda)\b|\b(?:eval|exec|open|compile|getattr|setattr|delattr|globals|locals"
+    r"|vars|sympify|parse_expr|system|popen|subprocess)\s*\("
+)
 
 # Unicode symbols that models emit instead of LaTeX commands.
 _UNICODE = {

@@ -245,13 +245,21 @@ class _Translator:
         return f"{code} ** {power}" if power is not None else code
 
     def func_arg(self) -> str:
+        """``(...)``, ``{...}``, or (LaTeX usage) the product that follows: ``\\sin 2x``, ``\\cos x^2``."""
         tok = self.peek()
         if tok is None:
             raise Unsupported("function without argument")
-        if tok[1] == "(":
+        if tok[1] in ("(", "{"):
             self.i += 1
-            return "(" + self.sequence(")") + ")"
-        return self.group()
+            return "(" + self.sequence(")" if tok[1] == "(" else "}") + ")"
+        out = []
+        while (tok := self.peek()) is not None and (
+            tok[0] in ("num", "letter") or tok[1][1:] in _GREEK or (out and tok[1] == "^")
+        ):
+            out.append(self.atom())
+        if not out:
+            return self.group()
+        return "(" + " ".join(out) + ")"
 
     def function(self, name: str) -> str:
         """``\\sin x``, ``\\tan^2(y)``, ``\\sin^{-1} x`` (the inverse), ``\\log_2 8``."""
