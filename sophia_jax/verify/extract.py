@@ -91,14 +91,17 @@ def _joins(gap: str, words_allowed: bool) -> bool:
             and not _SECOND_THOUGHT_RE.search(gap))
 
 
+_MAX_CHAIN = 64  # more parts than the judge would compare anyway
+
+
 def _chain(text: str, pieces: list[tuple[int, int, str]], words_allowed: bool) -> str:
     """The last piece joined with the pieces chained before it, as one comma list."""
     chain = [pieces[-1]]
-    for prev in reversed(pieces[:-1]):
-        if not _joins(text[prev[1]:chain[0][0]], words_allowed):
+    for prev in reversed(pieces[-_MAX_CHAIN:-1]):
+        if not _joins(text[prev[1]:chain[-1][0]], words_allowed):
             break
-        chain.insert(0, prev)
-    return ", ".join(content for _, _, content in chain)
+        chain.append(prev)
+    return ", ".join(content for _, _, content in reversed(chain))
 
 
 def _joined_box(region: str) -> tuple[int, str] | None:
