@@ -32,6 +32,7 @@ MATCH = [
     ("4000", "4\\,000"),
     ("0.125", "0,125"),
     ("1234.5", "1234,5"),
+    ("0, 5", "0,5"),
     # percent: a side with a % sign may be read as its number or as a fraction
     ("50\\%", "0.5"),
     ("50\\%", "50"),
@@ -63,6 +64,7 @@ MATCH = [
     ("1.5", "1 1/2"),
     ("2.625", "2\\frac58"),
     ("-3.25", "-3\\frac{1}{4}"),
+    ("50", "10^2\\frac{1}{2}"),
     # intervals and inequalities
     ("[1,2)", "\\left[1, 2\\right)"),
     ("(-\\infty, 3]", "(-\\infty,3]"),
@@ -129,6 +131,7 @@ MATCH = [
     ("5", "x = 5"),
     ("x=5", "5"),
     ("2", "AB = \\sqrt{4} = 2"),
+    ("5", "2 + 3 = 5"),
     # equations whose left side only names the answer, however it is spelt
     ("(p, q) = (3, 2)", "(3, 2)"),
     ("V_1 : V_2 = 11 : 21", "11:21"),
@@ -178,6 +181,8 @@ NO_MATCH = [
     ("14916", "14{,}961"),
     ("1, 234", "1234"),
     ("2, 3", "2.3"),
+    ("0.5", "0,5"),  # 0,5 is read as the list 0, 5: a decimal comma needs 0,ddd or dddd,d
+    ("5! = 120", "5 \\neq 120"),
     # percent: no % sign on either side, no percent reading
     ("0.5", "50"),
     ("10", "0.1"),
@@ -218,6 +223,11 @@ NO_MATCH = [
     ("1, 2", "1"),
     ("\\{1, 2\\}", "\\{1, 2, 2\\}"),
     ("1 \\pm \\sqrt{2}", "1+\\sqrt{2}"),
+    ("\\{1, 2\\}", "(1, 2)"),  # a set is not an ordered pair
+    ("6", "3x + 2y = 6"),  # an equation in unknowns is not its right side
+    ("1", "x^2 - y^2 = 1"),
+    ("\\emptyset", "5 \\neq 120"),
+    ("[1, 2)", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
     # symbolic
     ("x+1", "x-1"),
     ("x^2+1", "(x+1)^2"),

@@ -169,7 +169,8 @@ def _judge_math(gold: str, pred: str, opts: _Opts) -> Verdict:
     if len(gparts) == 1 and len(pparts) == 1:
         return _equal_part(gparts[0], pparts[0], opts)
     if len(gparts) != len(pparts):
-        ordered = _tuple_vs_list(gparts, pparts)
+        # A bare list may be a tuple written without brackets; a \\{set\\} may not.
+        ordered = None if _SET_RE.match(g) or _SET_RE.match(p) else _tuple_vs_list(gparts, pparts)
         if ordered is not None:
             return _ordered(*ordered, opts)
         return Verdict(False, f"different number of answer parts ({len(gparts)} vs {len(pparts)})")
@@ -288,7 +289,11 @@ def _equal_part(g: str, p: str, opts: _Opts) -> Verdict:
             return Verdict(False, "equations differ")
         g, p = g2, p2
     elif pe:
-        p = strip_assignment(p, require_name=False) or p
+        # The prediction names its value (x = 5) or computes it (AB = \\sqrt{16} = 4,
+        # 2 + 3 = 5); an equation in unknowns (3x + 2y = 6) is not a value.
+        if len(pe) == 2 and not NAME_RE.fullmatch(pe[0]) and re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", pe[0])):
+            return Verdict(False, "prediction is an equation, gold is not")
+        p = pe[-1]
     elif ge:
         g2 = strip_assignment(g, require_name=True)
         if g2 is None:
@@ -354,7 +359,8 @@ def _matrix_equal(gm, pm, g: str, p: str, opts: _Opts) -> Verdict:
     if gm is None or pm is None:
         vector = as_list(gm if gm is not None else pm)
         other = _structure(p if gm is not None else g)
-        if vector is None or other is None or len(other) != 1 or len(other[0][2]) != len(vector):
+        if (vector is None or other is None or len(other) != 1 or len(other[0][2]) != len(vector)
+                or other[0][0] + other[0][1] not in ("()", "[]")):  # [1, 2) is an interval
             return _math_verify(g, p)  # matrix arithmetic, determinants...
         ge, pe = (vector, other[0][2]) if gm is not None else (other[0][2], vector)
         return _ordered(ge, pe, opts)

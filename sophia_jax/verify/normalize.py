@@ -148,7 +148,7 @@ _CANON_CMDS = [
     (re.compile(r"\\[dt]binom(?![A-Za-z])"), r"\\binom"),
     (re.compile(r"\\(?:leq|leqslant|le)(?![A-Za-z])|<="), r"\\le "),
     (re.compile(r"\\(?:geq|geqslant|ge)(?![A-Za-z])|>="), r"\\ge "),
-    (re.compile(r"\\(?:neq|ne)(?![A-Za-z])|!="), r"\\neq "),
+    (re.compile(r"\\(?:neq|ne)(?![A-Za-z])|(?<![\d)!])!="), r"\\neq "),  # not 5!=120
     (re.compile(r"\\lt(?![A-Za-z])"), "<"),
     (re.compile(r"\\gt(?![A-Za-z])"), ">"),
     (re.compile(r"\\(?:infin|infinity)(?![A-Za-z])"), r"\\infty "),
@@ -168,7 +168,7 @@ _SINGLE_GROUP_RE = re.compile(r"([_^])\{\s*([A-Za-z0-9])\s*\}")
 # Thousands separators LaTeX spells out: 14{,}916 and 11,\!111.
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)\s*(?:\{,\}|,\s*\\!)\s*(?=\d{3}(?!\d))")
 # Mixed numbers: 918\frac{1}{2} is 918 + 1/2 when the fraction is proper.
-_MIXED_RE = re.compile(r"(?<![\d.}])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}(?![\d{^])")
+_MIXED_RE = re.compile(r"(?<![\w.}^])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}(?![\d{^])")
 _MIXED_PLAIN_RE = re.compile(r"^(\d+) (\d+)/(\d+)$")
 # "x \in [1, 2]" -> "[1, 2]"
 _IN_PREFIX_RE = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")
@@ -252,8 +252,9 @@ _SPACE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _THOUSANDS_TOKEN_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)")
 
 
-# A decimal comma, where a thousands separator cannot be: 0,111 and 1000,99.
-_DECIMAL_COMMA_RE = re.compile(r"^([-+]?(?:0|\d{4,})),(\d+)$")
+# A decimal comma, where a thousands separator cannot be and a list is unlikely: 0,111 and
+# 1000,99 (but 0,5 may be the list 0, 5).
+_DECIMAL_COMMA_RE = re.compile(r"^([-+]?0),(\d{3,})$|^([-+]?\d{4,}),(\d+)$")
 
 
 def fix_thousands(s: str) -> str:
@@ -268,7 +269,7 @@ def fix_thousands(s: str) -> str:
     m = _THOUSANDS_WHOLE_RE.match(s)
     if m:
         return m.group(1).replace(",", "") + m.group(2)
-    s = _DECIMAL_COMMA_RE.sub(r"\1.\2", s)
+    s = _DECIMAL_COMMA_RE.sub(lambda mm: ".".join(g for g in mm.groups() if g is not None), s)
     if ", " in s:
         return _THOUSANDS_TOKEN_RE.sub(lambda mm: mm.group(0).replace(",", ""), s)
     return s

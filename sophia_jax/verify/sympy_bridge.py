@@ -433,8 +433,9 @@ def math_verify_equal(gold: str, pred: str) -> bool:
     """math-verify's verdict on two LaTeX answers (its LaTeX parser only; see the module doc).
 
     Its own signal-based timeouts are off: they would fight the pool's, which
-    kill the whole worker instead.  Its inequality-vs-interval comparison is
-    made symmetric, as ours is.
+    kill the whole worker instead.  Its set-vs-relation comparison stays off
+    (our intervals already read inequalities; that option would turn constant
+    relations into sets, so ``5 \\neq 120`` would equal ``\\emptyset``).
     """
     from math_verify import LatexExtractionConfig, parse, verify
 
@@ -443,7 +444,7 @@ def math_verify_equal(gold: str, pred: str) -> bool:
     config = [LatexExtractionConfig()]
     g = parse(f"$${gold}$$", config, parsing_timeout=None)
     p = parse(f"$${pred}$$", config, parsing_timeout=None)
-    return bool(g and p and verify(g, p, timeout_seconds=None, allow_set_relation_comp=True))
+    return bool(g and p and verify(g, p, timeout_seconds=None))
 
 
 # math-verify warns once per process that its timeouts are off; they are, on purpose.
