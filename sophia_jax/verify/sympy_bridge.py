@@ -12,7 +12,13 @@ and the evaluation namespace has no builtins.  Anything outside the subset
 raises :class:`Unsupported`; the judge then asks :func:`math_verify_equal`,
 which runs Hugging Face math-verify's LaTeX parser (an ANTLR grammar turned
 into sympy objects, no ``eval``) and its comparison.  Only that LaTeX path
-is used: math-verify's plain-expression path calls ``parse_expr``.
+is used.  Where math-verify reaches ``parse_expr`` (checked against 0.9):
+``parse()`` with its default targets includes ``ExprExtractionConfig``, whose
+``extract_expr`` hands regex-matched plain expressions to
+``sympy.parse_expr`` (we never pass that target); its LaTeX converter calls
+``parse_expr`` on ``variable_values`` (we pass none) and, through
+``sympy.Number(text)``, on NUMBER tokens, which hold only digits, commas and
+points.  ``tests/test_verify_untrusted.py`` spies on ``parse_expr`` to keep it so.
 
 Both engines first pass :func:`check_cost`, a string-level guard against
 inputs that would make sympy build astronomically large numbers
