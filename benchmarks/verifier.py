@@ -2,7 +2,8 @@
 
 Typical answers: SOPHIA-style trajectories (a paragraph of reasoning, then ``**Final answer**``
 and ``\\boxed{...}``) over a mix of integers, fractions, LaTeX expressions, choice letters,
-intervals and equations; every other item is wrong.  The pool uses its default worker count
+intervals and equations, with fresh numbers in every item (no cache serves them); every other
+item is wrong.  The pool uses its default worker count
 (half the CPUs) and default 5 s per-item timeout.
 
     python benchmarks/verifier.py                  # 2000 items, 3 rounds
@@ -31,29 +32,38 @@ from sophia_jax.verify._testing import HANG_MARKER
 
 MC = ["12", "15", "18", "21"]
 
-# (gold, right answer as the model writes it, a wrong answer, choices or None)
-TYPICAL = [
-    ("42", "42", "24", None),
-    ("1000", "1{,}000", "100", None),
-    ("-7", "-7", "7", None),
-    ("\\frac{3}{4}", "0.75", "\\frac{4}{3}", None),
-    ("\\frac{1}{3}", "\\dfrac{1}{3}", "0.3", None),
-    ("2\\sqrt{2}", "\\sqrt{8}", "2\\sqrt{3}", None),
-    ("\\frac{\\pi}{3}", "60^\\circ", "\\frac{\\pi}{6}", None),
-    ("x^2+2x+1", "(x+1)^2", "(x-1)^2", None),
-    ("\\frac{x+1}{x-1}", "\\frac{1+x}{x-1}", "\\frac{x-1}{x+1}", None),
-    ("50\\%", "0.5", "0.6", None),
-    ("B", "B", "C", MC),
-    ("C", "18", "15", MC),
-    ("A", "(A) 12", "D", MC),
-    ("[1, 3)", "[1,3)", "[1,3]", None),
-    ("(-\\infty, 2]", "x \\le 2", "x < 2", None),
-    ("y=2x+1", "y = 1 + 2x", "y=2x-1", None),
-    ("x=3", "3", "-3", None),
-    ("(2, -1)", "(2,-1)", "(-1,2)", None),
-    ("1, 2, 3", "3, 2, 1", "1, 2", None),
-    ("12 \\text{ cm}", "12", "13", None),
-]
+
+def typical(rng: random.Random) -> tuple[str, str, str, list | None]:
+    """(gold, right answer as a model writes it, a wrong answer, choices or None).
+
+    Every call draws fresh numbers, so no judgement is served from a cache (in training
+    the 8 rollouts of a caption share one gold, and often one answer: caches help there).
+    """
+    a, b, c = rng.randint(2, 60), rng.randint(2, 60), rng.randint(2, 9)
+    kinds = [
+        (f"{a * b}", f"{a * b}", f"{a * b + 1}", None),
+        (f"{1000 * a}", f"{a}{{,}}000", f"{100 * a}", None),
+        (f"-{a}", f"-{a}", f"{a}", None),
+        (f"\\frac{{{a}}}{{{a + b}}}", f"{a / (a + b):.6f}", f"\\frac{{{a + b}}}{{{a}}}", None),
+        (f"\\frac{{1}}{{{c}}}", f"\\dfrac{{1}}{{{c}}}", f"{1 / c + 0.01:.2f}", None),
+        (f"{c}\\sqrt{{2}}", f"\\sqrt{{{2 * c * c}}}", f"{c}\\sqrt{{3}}", None),
+        (f"\\frac{{\\pi}}{{{c}}}", f"{180 // c}^\\circ" if 180 % c == 0 else f"\\frac{{{a}\\pi}}{{{a * c}}}", f"\\frac{{\\pi}}{{{c + 1}}}", None),
+        (f"x^2+{2 * c}x+{c * c}", f"(x+{c})^2", f"(x-{c})^2", None),
+        (f"\\frac{{x+{a}}}{{x-{b}}}", f"\\frac{{{a}+x}}{{x-{b}}}", f"\\frac{{x-{b}}}{{x+{a}}}", None),
+        (f"{a}\\%", f"{a / 100:g}", f"{a / 10:g}", None),
+        ("B", "B", "C", MC),
+        ("C", "18", "15", MC),
+        ("A", "(A) 12", "D", MC),
+        (f"[{a}, {a + b})", f"[{a},{a + b})", f"[{a},{a + b}]", None),
+        (f"(-\\infty, {a}]", f"x \\le {a}", f"x < {a}", None),
+        (f"y={c}x+{a}", f"y = {a} + {c}x", f"y={c}x-{a}", None),
+        (f"x={a}", f"{a}", f"-{a}", None),
+        (f"({a}, -{b})", f"({a},-{b})", f"(-{b},{a})", None),
+        (f"{a}, {a + 1}, {a + 2}", f"{a + 2}, {a + 1}, {a}", f"{a}, {a + 1}", None),
+        (f"{a} \\text{{ cm}}", f"{a}", f"{a + 1}", None),
+    ]
+    return kinds[rng.randrange(len(kinds))]
+
 
 REASONING = (
     "We read the figure carefully. The caption gives the relevant quantities, so we set up the "
@@ -62,39 +72,39 @@ REASONING = (
 
 
 def typical_batch(n: int, seed: int = 0) -> tuple[list[tuple], list[float]]:
-    """n items cycling through TYPICAL, wrong on every other item, shuffled; with the labels."""
+    """n items of fresh typical answers, wrong on every other item; with the labels."""
+    rng = random.Random(seed)
     items, labels = [], []
     for i in range(n):
-        gold, right, wrong, choices = TYPICAL[(i // 2) % len(TYPICAL)]
+        gold, right, wrong, choices = typical(rng)
         correct = i % 2 == 0
         text = f"{REASONING}**Final answer**\n\\boxed{{{right if correct else wrong}}}"
         items.append((gold, text, choices))
         labels.append(1.0 if correct else 0.0)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return [items[i] for i in order], [labels[i] for i in order]
+    return items, labels
 
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def measure_clean(items, labels, rounds: int) -> None:
+def measure_clean(n: int, rounds: int) -> None:
     start = time.perf_counter()
     with VerifierPool() as pool:
-        pool.score(items[:20])  # wait until every worker has imported sympy
+        pool.score(typical_batch(20, seed=-1)[0])  # wait until every worker has imported sympy
         startup = time.perf_counter() - start
-        rates, load_at = [], load()
-        for _ in range(rounds):
+        rates, agree, load_at = [], 0, load()
+        for k in range(rounds):  # a fresh batch each round: nothing is cached from the last one
+            items, labels = typical_batch(n, seed=k)
             t = time.perf_counter()
             rewards = pool.score(items)
             rates.append(len(items) / (time.perf_counter() - t))
-        agree = sum(r.reward == y for r, y in zip(rewards, labels))
+            agree += sum(r.reward == y for r, y in zip(rewards, labels))
         print(f"workers={pool.num_workers} cpus={os.cpu_count()} load_avg(1,5,15 min)={load_at}  "
               f"(shared machine: other engineers' jobs run on these cores)")
-        print(f"clean: {len(items)} items x {rounds} rounds: {statistics.median(rates):.0f} judgements/s "
+        print(f"clean: {n} items x {rounds} rounds: {statistics.median(rates):.0f} judgements/s "
               f"(rounds: {', '.join(f'{r:.0f}' for r in rates)}); pool start {startup:.1f}s; "
-              f"scored as labelled {agree}/{len(items)}")
+              f"scored as labelled {agree}/{n * rounds}")
 
 
 def measure_timeouts(items, hangs: int) -> None:
@@ -129,10 +139,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hangs", type=int, default=3, help="items that hit the per-item timeout")
     args = ap.parse_args()
-    items, labels = typical_batch(args.items)
-    measure_clean(items, labels, args.rounds)
+    measure_clean(args.items, args.rounds)
     if args.hangs:
-        measure_timeouts(items, args.hangs)
+        measure_timeouts(typical_batch(args.items, seed=args.rounds)[0], args.hangs)
 
 
 if __name__ == "__main__":

@@ -18,106 +18,11 @@ from sophia_jax.verify import (
 )
 from sophia_jax.verify._testing import CRASH_MARKER, HANG_MARKER
 
-MC4 = ["3", "6", "12", "24"]  # options A-D
+from verify_cases import CHOICE_CASES, JUDGE_CASES, MC4, NO_MATCH, TRAJECTORY_CASES
 
-# (gold, prediction, expected) for judge() on already-extracted answers.
-JUDGE_CASES = [
-    # fractions vs decimals, tolerance
-    ("\\frac{1}{2}", "0.5", True),
-    ("0.5", "\\dfrac{1}{2}", True),
-    ("\\frac12", "1/2", True),
-    ("\\frac{1}{3}", "0.3333", True),
-    ("\\frac{1}{3}", "0.33", False),
-    ("\\frac{2}{3}", "\\frac{3}{2}", False),
-    ("-3", "3", False),
-    ("3", "4", False),
-    # percentages
-    ("50\\%", "0.5", True),
-    ("50\\%", "50", True),
-    ("0.5", "50\\%", True),
-    ("0.5", "50", False),  # no % on either side: not a percentage (see judge docs)
-    ("25\\%", "0.3", False),
-    # units and degrees
-    ("5", "5 cm", True),
-    ("5", "5\\text{ cm}", True),
-    ("12", "12 \\text{ square units}", True),
-    ("5", "6 cm", False),
-    ("30^\\circ", "30", True),
-    ("30", "30°", True),
-    ("\\frac{\\pi}{6}", "30^{\\circ}", True),
-    ("\\$12.50", "12.5", True),
-    # thousands separators
-    ("1000", "1,000", True),
-    ("1234567", "1,234,567", True),
-    ("1,000", "1000.0", True),
-    ("1000, 2000", "2,000, 1,000", True),
-    ("1, 2", "2, 1", True),  # not a thousands separator: a list
-    # scientific notation
-    ("1500", "1.5\\times 10^{3}", True),
-    ("1500", "1.5e3", True),
-    ("3\\times10^{8}", "300000000", True),
-    ("2.5\\times10^{-3}", "0.0025", True),
-    ("2.5\\times10^{-3}", "0.025", False),
-    # intervals
-    ("[1,2)", "[1,2]", False),
-    ("(1,2)", "[1,2]", False),
-    ("[1,2)", "\\left[1, 2\\right)", True),
-    ("(-\\infty, 3]", "(-\\infty,3]", True),
-    ("(-\\infty,1)\\cup(2,\\infty)", "(2,+\\infty)\\cup(-\\infty,1)", True),
-    ("(-\\infty,1)\\cup(2,\\infty)", "(-\\infty,1]\\cup(2,\\infty)", False),
-    ("(2,\\infty)", "x>2", True),
-    ("[0, \\frac{1}{2}]", "0 \\le x \\le 0.5", True),
-    # tuples (ordered) and sets / lists (multisets)
-    ("(1,2)", "(2,1)", False),
-    ("(3, 4)", "3, 4", True),
-    ("(1, \\frac{1}{2})", "(1, 0.5)", True),
-    ("\\{1, 2, 3\\}", "\\{3, 1, 2\\}", True),
-    ("\\{1, 2, 3\\}", "3, 2, 1", True),
-    ("1, 1, 2", "1, 2, 2", False),
-    ("1, 2", "1, 2, 3", False),
-    ("x=1, y=2", "(1, 2)", True),
-    ("1 \\pm \\sqrt{2}", "1+\\sqrt{2}, 1-\\sqrt{2}", True),
-    # symbolic equality
-    ("(x+1)^2", "x^2+2x+1", True),
-    ("x^2+2x+1", "(x+1)^2", True),
-    ("x^2+1", "(x+1)^2", False),
-    ("x^2-1", "(x-1)(x+1)", True),
-    ("\\sqrt{8}", "2\\sqrt{2}", True),
-    ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", True),
-    ("\\frac{\\sqrt{2}}{2}", "0.70711", True),
-    ("\\sqrt[3]{27}", "3", True),
-    ("2^{10}", "1024", True),
-    ("\\binom{5}{2}", "10", True),
-    ("2\\pi", "2 \\pi", True),
-    ("\\pi", "3.14", False),  # rounding is not accepted at rel_tol=1e-4
-    ("3+4i", "4i+3", True),
-    ("e^{2}", "e^2", True),
-    ("\\ln 2", "\\log 2", True),
-    ("\\frac{a+b}{2}", "\\frac{b}{2}+\\frac{a}{2}", True),
-    ("\\frac{a+b}{2}", "\\frac{a-b}{2}", False),
-    ("|x-1|", "|1-x|", True),
-    # equations
-    ("y=2x+1", "2x-y+1=0", True),
-    ("y=2x+1", "y=2x-1", False),
-    ("x^2+y^2=1", "2x^2+2y^2=2", True),
-    ("5", "x = 5", True),
-    ("x=5", "5", True),
-    ("x=5", "x=6", False),
-    ("2", "AB = \\sqrt{4} = 2", True),
-    # misc normalisation
-    ("1000", "1,000 \\text{ cm}", True),
-    ("x \\in [1, 2]", "[1,2]", True),
-    ("\\emptyset", "\\varnothing", True),
-    ("2, 3", "x = 2 \\text{ or } x = 3", True),
-    ("\\text{Yes}", "yes", True),
-    ("\\frac{1}{2}", "$\\frac{1}{2}$.", True),
-    ("10", "\\left( 10 \\right)", True),
-    ("7", "\\boxed{7}", True),
-    # empty / None predictions
-    ("5", "", False),
-    ("5", None, False),
-    ("5", "   ", False),
-]
+
+def test_case_table_covers_both_sides():
+    assert len(JUDGE_CASES) >= 200 and len(NO_MATCH) >= 70
 
 
 @pytest.mark.parametrize("gold,pred,expected", JUDGE_CASES)
@@ -125,23 +30,6 @@ def test_judge_table(gold, pred, expected):
     v = judge(gold, pred)
     assert v.correct is expected, v.reason
     assert isinstance(v.reason, str) and v.reason
-
-
-# (gold, prediction, choices, expected) for multiple choice.
-CHOICE_CASES = [
-    ("B", "B", None, True),
-    ("B", "(B)", MC4, True),
-    ("B", "B.", MC4, True),
-    ("B", "\\text{(B) } 6", MC4, True),
-    ("C", "(C) 12", MC4, True),
-    ("B", "C", MC4, False),
-    ("C", "12", MC4, True),  # option text of the gold letter
-    ("C", "6", MC4, False),
-    ("12", "C", MC4, True),  # gold given as option text, prediction a letter
-    ("A", "Answer: A", MC4, True),
-    ("A", "E", MC4, False),  # not an option
-    ("(D)", "d", MC4, True),
-]
 
 
 @pytest.mark.parametrize("gold,pred,choices,expected", CHOICE_CASES)
@@ -202,19 +90,6 @@ def test_choice_letter_respects_valid_letters():
     assert choice_letter("(E)", ["A", "B", "C", "D"]) is None
     assert choice_letter("Option B", None) == "B"
     assert choice_letter("12", ["A", "B"]) is None
-
-
-# (gold, trajectory, choices, expected reward, expected extracted)
-TRAJECTORY_CASES = [
-    ("\\frac{\\sqrt3}{2}", "...\n**Final answer**\n\\boxed{\\dfrac{\\sqrt{3}}{2}}", None, 1.0, "\\dfrac{\\sqrt{3}}{2}"),
-    ("4", "<think>\\boxed{3}</think>The answer is \\boxed{4}", None, 1.0, "4"),
-    ("3", "<think>\\boxed{3}</think>The answer is \\boxed{4}", None, 0.0, "4"),
-    ("3", "<think>\\boxed{3} ...", None, 0.0, None),
-    ("C", "Comparing options... the answer is (C).", MC4, 1.0, "C"),
-    ("C", "**Final answer**\n\\boxed{(C) 12}", MC4, 1.0, "(C) 12"),
-    ("B", "**Final answer**\n\\boxed{12}", MC4, 0.0, "12"),
-    ("0.5", "**Final Answer:** 50\\%", None, 1.0, "50\\%"),
-]
 
 
 @pytest.mark.parametrize("gold,text,choices,reward,extracted", TRAJECTORY_CASES)

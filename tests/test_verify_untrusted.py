@@ -5,18 +5,24 @@ Each payload is Python that, if any part of the verifier handed it to ``eval``/`
 ``tmp_path``) and evaluate to a known value.  The payloads go through the real worker pool
 (``VerifierPool.score``, the call ``sophia_jax.sophia.behaviour`` makes) as the model's
 answer and as the gold answer; the other side of each pair is the value the payload would
-evaluate to, so executing it would also flip the reward to 1.  A control first runs every
-payload with ``exec`` to prove it really does create its canary.
+evaluate to, so executing it would also flip the reward to 1.  The judge refuses
+code-shaped predictions before parsing anything, so a second pass sends the payloads, raw,
+straight to both equivalence engines (our translator and math-verify's LaTeX parser) in the
+workers.  A control first runs every payload with ``exec`` to prove it really does create
+its canary, and an in-process spy records every string that reaches sympy's ``parse_expr``.
 """
 
 from __future__ import annotations
 
 import builtins
+import re
 
 import pytest
 import sympy
+import sympy.parsing.sympy_parser as sympy_parser
 
-from sophia_jax.verify import VerifierPool
+from sophia_jax.verify import VerifierPool, judge
+from sophia_jax.verify.sympy_bridge import math_verify_equal
 
 # name -> (payload template with {path}, value the payload evaluates to when executed).
 # No braces in the code itself: they would end the \boxed{...} group early.
@@ -96,3 +102,45 @@ def test_code_shaped_text_is_never_run_nor_judged_correct(pool, tmp_path):
     assert pool.stats["timeouts"] == 0 and pool.stats["crashes"] == 0
     # The pool still scores ordinary answers afterwards.
     assert pool.score_trajectory("\\frac{1}{2}", "\\boxed{0.5}").reward == 1.0
+
+
+def test_engines_never_run_code_shaped_text(tmp_path):
+    """Without the judge's code screen, neither engine executes a payload nor accepts it."""
+    cases = []
+    for name, (template, value) in PAYLOADS.items():
+        for side in ("answer", "gold"):
+            canary = tmp_path / f"{name}__{side}"
+            payload = template.format(path=canary)
+            cases.append((f"{name}/{side}", canary, (value, payload) if side == "answer" else (payload, value)))
+    with VerifierPool(num_workers=2, timeout=5.0, scorer="_testing:engines_unscreened") as pool:
+        rewards = pool.score([pair for *_, pair in cases])
+    assert [case for case, canary, _ in cases if canary.exists()] == []
+    assert [(case, r.reason) for (case, *_), r in zip(cases, rewards) if r.reward != 0.0] == []
+    assert [(case, r.reason) for (case, *_), r in zip(cases, rewards) if r.reason.startswith(("timeout", "crash"))] == []
+
+
+def test_only_numerals_and_bare_names_reach_parse_expr(tmp_path, monkeypatch):
+    """sympy's string parser evaluates Python; record what reaches it while judging.
+
+    math-verify's LaTeX parser hands number tokens to ``sympy.Number`` (which parses them
+    with ``parse_expr``) and sympy's units module parses its own prefix names; nothing else
+    may get there: no call, no quote, no attribute access.
+    """
+    seen = []
+    real = sympy_parser.parse_expr
+
+    def spy(text, *args, **kwargs):
+        seen.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(sympy_parser, "parse_expr", spy)
+    answers = ["1,000.5", "12 345", "3.14\\%", "\\sum_{k=1}^{n} k", "\\begin{pmatrix}1 & 2\\end{pmatrix}", "x_1^2 + 1"]
+    for name, (template, _) in PAYLOADS.items():
+        answers.append(template.format(path=tmp_path / name))
+    for answer in answers:
+        judge("1", answer)
+        judge(answer, "1")
+        math_verify_equal(answer, "1")
+    assert seen, "the spy saw nothing: math-verify's number parsing no longer goes through parse_expr"
+    assert [t for t in seen if not re.fullmatch(r"[0-9.]+|[A-Za-z]+", str(t))] == []
+    assert [name for name in PAYLOADS if (tmp_path / name).exists()] == []

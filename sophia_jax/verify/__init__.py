@@ -12,7 +12,9 @@ Typical use in training::
 without a timeout (fine for trusted strings and tests).
 
 This package must stay free of jax/numpy imports: pool workers load it
-in fresh interpreters.  sympy is imported lazily, on first symbolic use.
+in fresh interpreters.  sympy and math-verify (the second equivalence
+engine, its LaTeX parser only) are imported lazily, on first symbolic use;
+workers import them before taking items.
 """
 
 from .answer_types import ANSWER_TYPES, EVAL_SCORER, score_answer

@@ -38,3 +38,25 @@ def report_modules(gold, text, choices=None, **kwargs) -> Reward:
     """Report whether heavy modules (jax) were imported in the worker."""
     heavy = sorted(m for m in ("jax", "jaxlib", "flax", "torch", "sophia_jax") if m in sys.modules)
     return Reward(0.0, None, "modules: " + ",".join(heavy))
+
+
+def engines_unscreened(gold, text, choices=None, **kwargs) -> Reward:
+    """Both equivalence engines on the raw text: no extraction, no code screen.
+
+    The judge refuses code-shaped predictions before any engine sees them; this
+    scorer skips that screen so a test can show the engines themselves never run
+    such text (our translator only evaluates code it wrote; math-verify's LaTeX
+    parser builds sympy objects).
+    """
+    from .sympy_bridge import Refused, Unsupported, math_verify_equal, to_sympy
+
+    hits = []
+    try:
+        hits.append(bool(to_sympy(gold) == to_sympy(text)))
+    except (Refused, Unsupported):
+        hits.append(False)
+    try:
+        hits.append(math_verify_equal(gold, text))
+    except Refused:
+        hits.append(False)
+    return Reward(1.0 if any(hits) else 0.0, text, f"ours={hits[0]} math-verify={hits[1]}")

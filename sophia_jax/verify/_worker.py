@@ -65,7 +65,8 @@ def main() -> None:
     _load_package(pkg_dir)
     mod_name, _, fn_name = config["scorer"].partition(":")
     scorer = getattr(importlib.import_module(f"{_PKG_NAME}.{mod_name}"), fn_name)
-    importlib.import_module(f"{_PKG_NAME}.sympy_bridge")  # warm up sympy now
+    # Warm up sympy and math-verify's parser now, so no item's timeout pays for it.
+    importlib.import_module(f"{_PKG_NAME}.sympy_bridge").math_verify_equal("x", "x")
     judge_kwargs = config.get("judge_kwargs") or {}
 
     mem = config.get("memory_limit_mb")

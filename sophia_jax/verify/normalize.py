@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "CODE_RE",
+    "NAME_RE",
     "Part",
     "canonical",
     "clean_latex",
@@ -29,8 +31,17 @@ __all__ = [
     "normalize_part",
     "split_equation",
     "split_top_level",
+    "strip_approximation",
     "strip_assignment",
 ]
+
+#: Code, not mathematics.  The judge refuses a prediction like this and compares such a
+#: gold answer as text only; extraction returns such a line whole instead of fishing a
+#: value out of it.
+CODE_RE = re.compile(
+    r"__|\b(?:import|lambda)\b|\b(?:eval|exec|open|compile|getattr|setattr|delattr|globals|locals"
+    r"|vars|sympify|parse_expr|system|popen|subprocess)\s*\("
+)
 
 # Unicode symbols that models emit instead of LaTeX commands.
 _UNICODE = {
@@ -46,6 +57,7 @@ _UNICODE = {
     "\u2264": r"\le ",
     "\u2265": r"\ge ",
     "\u2260": r"\neq ",
+    "\u2248": r"\approx ",
     "\u222a": r"\cup ",
     "\u2229": r"\cap ",
     "\u2208": r"\in ",
@@ -130,13 +142,15 @@ _DROP_RE = re.compile(
     r"\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits|mathstrut)(?![A-Za-z])"
 )
 _SIZE_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?")
-_SPACE_CMD_RE = re.compile(r"\\(?:,|;|:|>| |quad(?![A-Za-z])|qquad(?![A-Za-z])|enspace(?![A-Za-z])|thinspace(?![A-Za-z]))|~")
+_SPACE_CMD_RE = re.compile(r"(?<!\\)\\(?:,|;|:|>| |quad(?![A-Za-z])|qquad(?![A-Za-z])|enspace(?![A-Za-z])|thinspace(?![A-Za-z]))|~")
 _CANON_CMDS = [
     (re.compile(r"\\[dtc]frac(?![A-Za-z])"), r"\\frac"),
     (re.compile(r"\\[dt]binom(?![A-Za-z])"), r"\\binom"),
-    (re.compile(r"\\(?:leq|leqslant|le)(?![A-Za-z])"), r"\\le "),
-    (re.compile(r"\\(?:geq|geqslant|ge)(?![A-Za-z])"), r"\\ge "),
-    (re.compile(r"\\(?:neq|ne)(?![A-Za-z])"), r"\\neq "),
+    (re.compile(r"\\(?:leq|leqslant|le)(?![A-Za-z])|<="), r"\\le "),
+    (re.compile(r"\\(?:geq|geqslant|ge)(?![A-Za-z])|>="), r"\\ge "),
+    (re.compile(r"\\(?:neq|ne)(?![A-Za-z])|(?<![\d)!])!="), r"\\neq "),  # not 5!=120
+    (re.compile(r"\\lt(?![A-Za-z])"), "<"),
+    (re.compile(r"\\gt(?![A-Za-z])"), ">"),
     (re.compile(r"\\(?:infin|infinity)(?![A-Za-z])"), r"\\infty "),
     (re.compile(r"\\(?:lvert|rvert|vert)(?![A-Za-z])"), "|"),
     (re.compile(r"\\(?:lbrace)(?![A-Za-z])"), r"\\{"),
@@ -149,11 +163,40 @@ _SQRT_BARE_RE = re.compile(r"\\sqrt\s*([0-9A-Za-z])")
 _FRAC_BARE2_RE = re.compile(r"\\frac\s*([0-9A-Za-z])\s*([0-9A-Za-z])")
 _FRAC_BARE1_RE = re.compile(r"\\frac\s*([0-9A-Za-z])\s*\{")
 _FRAC_BARE_DEN_RE = re.compile(r"\\frac\s*\{([^{}]*)\}\s*([0-9A-Za-z])")
+# One-character groups lose their braces, so x_{1} and x_1 (or 2^{3} and 2^3) read the same.
+_SINGLE_GROUP_RE = re.compile(r"([_^])\{\s*([A-Za-z0-9])\s*\}")
+# Thousands separators LaTeX spells out: 14{,}916 and 11,\!111.
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)\s*(?:\{,\}|,\s*\\!)\s*(?=\d{3}(?!\d))")
+# Mixed numbers: 918\frac{1}{2} is 918 + 1/2 when the fraction is proper.
+_MIXED_RE = re.compile(r"(?<![\w.}^])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}(?![\d{^])")
+_MIXED_PLAIN_RE = re.compile(r"^(\d+) (\d+)/(\d+)$")
 # "x \in [1, 2]" -> "[1, 2]"
 _IN_PREFIX_RE = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")
-# Connectives between several answers ("x = 1 or x = 2").
-_CONNECTIVE_RE = re.compile(r" (?:and|or) ", re.IGNORECASE)
+# Connectives between several answers ("x = 1 or x = 2", "(11,7)or(7,11)").
+_CONNECTIVE_RE = re.compile(r" (?:and|or) |(?<=\))\s*(?:and|or)\s*(?=\()", re.IGNORECASE)
 _WS_RE = re.compile(r"\s+")
+
+
+def _undouble_backslashes(s: str) -> str:
+    """Text escaped twice (``\\\\frac``) gets its commands back.
+
+    Outside matrices a line break before letters is never meant; a matrix is
+    only undone when every backslash in it is doubled.
+    """
+    if "\\begin" not in s:
+        return re.sub(r"\\\\(?=[A-Za-z])", r"\\", s)
+    runs = re.findall(r"\\+", s)
+    if runs and all(len(r) % 2 == 0 for r in runs) and "\\\\begin" in s:
+        return re.sub(r"\\\\", lambda m: "\\", s)
+    return s
+
+
+def _mixed(m: re.Match) -> str:
+    whole, num, den = (int(g) for g in m.groups())
+    if den == 0 or num >= den:
+        return m.group(0)
+    value = f"{whole * den + num}/{den}"
+    return value if m.span() == (0, len(m.string)) else f"({value})"
 
 
 def clean_latex(s: str) -> str:
@@ -163,14 +206,14 @@ def clean_latex(s: str) -> str:
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
-    s = s.strip()
-    s = _strip_outer_boxed(s)
+    s = _undouble_backslashes(s.strip())
     # "\$" is a currency sign; drop it before "$" math delimiters are removed.
     s = s.replace(r"\$", "")
-    s = s.replace("$", "")
+    s = _strip_outer_boxed(s.replace("$", "").strip())
     s = _SIZE_RE.sub("", s)  # before \[ \] removal: "\left[" must keep "["
     s = s.replace(r"\[", "").replace(r"\]", "").replace(r"\(", "").replace(r"\)", "")
     s = _DROP_RE.sub("", s)
+    s = _LATEX_THOUSANDS_RE.sub("", s)
     s = s.replace(r"\!", "")
     s = _SPACE_CMD_RE.sub(" ", s)
     s = _unwrap(s, _TEXT_WRAPPER_RE, pad=True)
@@ -183,12 +226,16 @@ def clean_latex(s: str) -> str:
     s = _FRAC_BARE2_RE.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_BARE1_RE.sub(r"\\frac{\1}{", s)
     s = _FRAC_BARE_DEN_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _SINGLE_GROUP_RE.sub(r"\1\2", s)
+    s = _MIXED_RE.sub(_mixed, s)
     s = s.replace(r"+\infty", r"\infty")
     s = _IN_PREFIX_RE.sub("", s)
     s = _CONNECTIVE_RE.sub(", ", s)
     s = _WS_RE.sub(" ", s).strip()
-    # A trailing full stop ends the sentence, it is not part of the answer.
-    while s.endswith(".") and not s.endswith(r"\."):
+    s = _MIXED_PLAIN_RE.sub(_mixed, s)
+    # A trailing full stop ends the sentence, it is not part of the answer; a
+    # trailing lone backslash is a typing slip.
+    while s.endswith((".", "\\")) and not s.endswith((r"\.", "\\\\")):
         s = s[:-1].rstrip()
     return s
 
@@ -200,8 +247,14 @@ def canonical(s: str) -> str:
 
 # Thousands separators: "1,000" / "12,345,678.5" as a whole answer (optionally
 # followed by a unit or %), or inside a list that separates items with ", ".
-_THOUSANDS_WHOLE_RE = re.compile(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)(?!\d|,\d)([^,]*)$")
+_THOUSANDS_WHOLE_RE = re.compile(r"^([-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?)(?!\d|,\d)([^,]*)$")
+_SPACE_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _THOUSANDS_TOKEN_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)")
+
+
+# A decimal comma, where a thousands separator cannot be and a list is unlikely: 0,111 and
+# 1000,99 (but 0,5 may be the list 0, 5).
+_DECIMAL_COMMA_RE = re.compile(r"^([-+]?0),(\d{3,})$|^([-+]?\d{4,}),(\d+)$")
 
 
 def fix_thousands(s: str) -> str:
@@ -216,6 +269,7 @@ def fix_thousands(s: str) -> str:
     m = _THOUSANDS_WHOLE_RE.match(s)
     if m:
         return m.group(1).replace(",", "") + m.group(2)
+    s = _DECIMAL_COMMA_RE.sub(lambda mm: ".".join(g for g in mm.groups() if g is not None), s)
     if ", " in s:
         return _THOUSANDS_TOKEN_RE.sub(lambda mm: mm.group(0).replace(",", ""), s)
     return s
@@ -270,10 +324,15 @@ def split_equation(s: str) -> list[str] | None:
     return sides
 
 
-# Left-hand sides that merely name the answer: x, x_1, \theta, AB, f(2), P(A).
-_NAME_LHS_RE = re.compile(
-    r"^(?:[A-Za-z]{1,3}(?:_\{?[A-Za-z0-9]+\}?)?|\\[A-Za-z]+(?:_\{?[A-Za-z0-9]+\}?)?"
-    r"|[A-Za-z]\([^()=]{1,20}\)|\\angle\s*[A-Za-z]{1,3}|\|[A-Za-z]{1,3}\|)'?$"
+# Left-hand sides that merely name the answer: x, x_1, \theta, AB, f(2), P(A), I_{\max},
+# y', \Delta p, and tuples, ratios or quotients of names: (p, q), V_1:V_2, \frac{NO}{BO}.
+_NAME = (
+    r"(?:[A-Za-z]{1,4}|\\[A-Za-z]+(?:\s*[A-Za-z](?![A-Za-z]))?)(?:_\{[^{}]{1,20}\}|_\\?[A-Za-z0-9]+)?"
+    r"(?:'|\^\{?\\prime\}?)*(?:\s*\([^()=]{1,20}\))?"
+)
+NAME_RE = re.compile(
+    rf"(?:{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)|{_NAME}\s*[:/]\s*{_NAME}|\\frac\{{{_NAME}\}}\{{{_NAME}\}}"
+    r"|\\angle\s*[A-Za-z]{1,3}|\|[A-Za-z]{1,3}\|)"
 )
 
 
@@ -288,9 +347,17 @@ def strip_assignment(s: str, *, require_name: bool) -> str | None:
     sides = split_equation(s)
     if sides is None:
         return None
-    if require_name and not _NAME_LHS_RE.match(sides[0].strip()):
+    if require_name and not NAME_RE.fullmatch(sides[0].strip()):
         return None
     return sides[-1]
+
+
+def strip_approximation(s: str) -> str:
+    """``"\\frac{1}{3} \\approx 0.33"`` -> the exact side; ``"x \\approx 11"`` -> ``"11"``."""
+    if r"\approx" not in s:
+        return s
+    first, *_, last = s.split(r"\approx")
+    return last.strip() if NAME_RE.fullmatch(first.strip()) else first.strip()
 
 
 @dataclass(frozen=True)
@@ -299,61 +366,55 @@ class Part:
 
     ``percent``/``degrees`` record that the part carried a ``%`` or a
     degree sign, so the judge can also try the /100 or radian reading.
+    ``unit`` is the unit or free text dropped after the value; when it was
+    written straight after it in one or two letters (``10m``) it may be a
+    variable instead, so ``loose_unit`` tells the judge to keep it unless
+    the other side carries the same one.
     """
 
     text: str
     percent: bool = False
     degrees: bool = False
+    unit: str = ""
+    loose_unit: bool = False
 
 
-_PERCENT_RE = re.compile(r"\s*(?:%|\bpercent\b|\bpct\b)\s*$", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"\s*(?:%|\bpercent(?:age)?\b|\bpct\b)\s*$", re.IGNORECASE)
 _DEGREE_RE = re.compile(
     r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\bdegrees?\b|\bdeg\b)\s*$",
     re.IGNORECASE,
 )
-# Units that may be written directly after a number ("5cm").
-_UNITS_ATTACHED = (
-    "mm", "cm", "dm", "km", "nm", "um", "mg", "kg", "ml", "mL", "cl", "kl",
-    "sec", "secs", "min", "mins", "hr", "hrs", "ft", "yd", "lb", "lbs", "oz",
-    "mph", "kmh", "Hz", "kHz", "MHz", "kPa", "Pa", "kJ", "kW", "mA",
+# Words or units after a value ("5 cm", "12 square units", "9.8 m/s^2", "17 any text").
+_TAIL_RE = re.compile(
+    r"^(?P<v>.*?(?:\d|\}|\)|\\pi|\\infty))(?P<space>\s*)"
+    r"(?P<u>[A-Za-z]+(?:\s*/\s*[A-Za-z]+)?(?:\s*\^\s*[23])?(?:\s+[A-Za-z]+(?:\s*\^\s*[23])?)*)$"
 )
-# Unit words that need a space (or \text) in front: single letters and
-# words that could otherwise be the tail of a symbolic answer.
-_UNITS_SPACED = (
-    "m", "g", "s", "h", "l", "L", "N", "J", "W", "V", "K",
-    "meter", "meters", "metre", "metres", "centimeter", "centimeters",
-    "centimetre", "centimetres", "millimeter", "millimeters", "kilometer",
-    "kilometers", "kilometre", "kilometres", "inch", "inches", "foot", "feet",
-    "yard", "yards", "mile", "miles", "gram", "grams", "kilogram", "kilograms",
-    "pound", "pounds", "liter", "liters", "litre", "litres", "second", "seconds",
-    "minute", "minutes", "hour", "hours", "day", "days", "week", "weeks",
-    "month", "months", "year", "years", "unit", "units", "square units",
-    "sq units", "cubic units", "dollar", "dollars", "cent", "cents", "yuan",
-    "euro", "euros", "people", "persons", "students", "times", "ways", "points",
-    "items", "pieces", "cm/s", "m/s", "km/h", "km/hr", "m/s^2", "rad", "radians",
-)
-_UNIT_POWER = r"(?:\^\s*\{?\s*[23]\s*\}?)?"
-_VALUE_END = r"(?:[0-9}\)]|\\pi|\\infty)"
-_UNIT_ATTACHED_RE = re.compile(
-    r"^(?P<v>.*%s)\s*(?:%s)%s$" % (_VALUE_END, "|".join(sorted(map(re.escape, _UNITS_ATTACHED), key=len, reverse=True)), _UNIT_POWER)
-)
-_UNIT_SPACED_RE = re.compile(
-    r"^(?P<v>.*%s)\s+(?:%s)%s$" % (_VALUE_END, "|".join(sorted(map(re.escape, _UNITS_SPACED), key=len, reverse=True)), _UNIT_POWER)
-)
+# Single letters that are units when set apart ("0.64 N"); any other lone letter is a variable.
+_UNIT_LETTERS = set("mgsJNWVKLlhAT")
+# Words that are mathematics, not units.
+_MATH_WORDS = {"pi", "e", "i", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "mod", "infty"}
 
 
-def _strip_units(s: str) -> str:
-    for pat in (_UNIT_ATTACHED_RE, _UNIT_SPACED_RE):
-        m = pat.match(s)
-        if m:
-            return m.group("v").strip()
-    return s
+def _strip_tail(s: str) -> tuple[str, str, bool]:
+    """(value, dropped unit, whether the unit is loose)."""
+    m = _TAIL_RE.match(s)
+    if not m or not m.group("v").strip():
+        return s, "", False
+    unit = m.group("u")
+    words = re.findall(r"[A-Za-z]+", unit)
+    if any(w.lower() in _MATH_WORDS for w in words):
+        return s, "", False
+    attached = not m.group("space")
+    if len(words) == 1 and len(words[0]) == 1 and not (words[0] in _UNIT_LETTERS or attached):
+        return s, "", False
+    return m.group("v").strip(), unit, attached and len(words) == 1 and len(words[0]) <= 2
 
 
 def normalize_part(s: str) -> Part:
     """Remove unit / percent / degree decorations from one answer part."""
     s = s.strip()
-    percent = degrees = False
+    percent = degrees = loose = False
+    unit = ""
     # Decorations may stack ("30^\circ C" is rare; "50 \%" common), so loop
     # a few times until nothing changes.
     for _ in range(3):
@@ -364,10 +425,12 @@ def normalize_part(s: str) -> Part:
         m = _DEGREE_RE.search(s)
         if m and m.start() > 0:
             s, degrees = s[: m.start()].strip(), True
-        s = _strip_units(s)
+        if not unit:
+            s, unit, loose = _strip_tail(s)
         if s == before:
             break
     m = _THOUSANDS_WHOLE_RE.match(s)
     if m and not m.group(2).strip():
         s = m.group(1).replace(",", "")
-    return Part(s, percent, degrees)
+    s = _SPACE_THOUSANDS_RE.sub(lambda mm: mm.group(0).replace(" ", ""), s)
+    return Part(s, percent, degrees, unit, loose)
