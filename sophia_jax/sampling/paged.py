@@ -10,8 +10,8 @@ compacted, without padding). Full blocks of a prompt are shared by its samples (
 reference-counts them); a row only writes at or after its own prompt length, so shared blocks
 are never written.
 
-Decode attention loops over blocks up to the longest live row with an online softmax, so a
-step costs what the rows hold, not what the pool or the table could hold.
+Decode attention visits each row's own filled blocks with an online softmax, so a step costs
+what the rows hold, not what the pool or the table could hold, nor B times the longest row.
 """
 
 from __future__ import annotations
@@ -37,38 +37,54 @@ def constrain_pool(pool: list[LayerCache]) -> list[LayerCache]:
     return [LayerCache(sharding.constrain(c.k, POOL_AXES), sharding.constrain(c.v, POOL_AXES)) for c in pool]
 
 
-def paged_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, table: jax.Array, visible: jax.Array,
-                    live_blocks: jax.Array) -> jax.Array:
-    """One query per row against its paged keys.
+def paged_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, table: jax.Array,
+                    visible: jax.Array) -> jax.Array:
+    """One query per row against its paged keys, visiting each row's own blocks only.
 
     q: [B, N, H]; k_pool, v_pool: [NB, bs, K, H]; table: int32[B, MB]; visible: int32[B], how many
-    leading slots each row may attend to; live_blocks: int32[], blocks to visit (covers the
-    largest ``visible``). Returns [B, N, H]. Scores and the running softmax are float32.
+    leading slots each row may attend to (0 for a free row, whose output is 0). Returns [B, N, H].
+    Scores and the running softmax are float32.
+
+    The (row, block) pairs the rows need, ``sum(ceil(visible / bs))`` of them, form a work list
+    in row order, taken B at a time: each pass gathers B blocks, scores them against their rows'
+    queries and folds them into per-row online-softmax accumulators (scatter max / add by row).
+    A pass costs the same as one block of every row, but the passes cover the rows' own fill,
+    not B times the longest row's, so rows of very different lengths decode at the cost of what
+    they hold.
     """
     b, n, h = q.shape
     bs, kv = k_pool.shape[1], k_pool.shape[2]
     g = n // kv
     qg = q.reshape(b, kv, g, h).astype(jnp.float32) * h**-0.5
     lowest = jnp.finfo(jnp.float32).min
+    counts = (visible + bs - 1) // bs  # blocks per row
+    ends = jnp.cumsum(counts)
+    starts = ends - counts
+    total = ends[-1]
 
-    def body(j, carry):
+    def body(step, carry):
         peak, mass, acc = carry
-        ids = table[:, j]  # [B]
-        kb = k_pool[ids].astype(jnp.float32)  # [B, bs, K, H]
+        item = step * b + jnp.arange(b)  # this pass's positions in the work list
+        real = item < total
+        rows = jnp.minimum(jnp.sum(ends[None, :] <= item[:, None], axis=1), b - 1)
+        j = item - starts[rows]  # the row's block index
+        ids = jnp.where(real, table[rows, jnp.clip(j, 0, table.shape[1] - 1)], SCRATCH_BLOCK)
+        kb = k_pool[ids].astype(jnp.float32)  # [W, bs, K, H]
         vb = v_pool[ids].astype(jnp.float32)
-        scores = jnp.einsum("bkgh,bskh->bkgs", qg, kb)
-        valid = (j * bs + jnp.arange(bs))[None, :] < visible[:, None]  # [B, bs]
+        scores = jnp.einsum("wkgh,wskh->wkgs", qg[rows], kb)
+        valid = real[:, None] & ((j * bs)[:, None] + jnp.arange(bs)[None, :] < visible[rows][:, None])
         valid = valid[:, None, None, :]
         scores = jnp.where(valid, scores, lowest)
-        new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1))
-        p = jnp.where(valid, jnp.exp(scores - new_peak[..., None]), 0.0)
+        target = jnp.where(real, rows, b)  # padding items land out of range and are dropped
+        new_peak = peak.at[target].max(jnp.max(scores, axis=-1), mode="drop")
+        p = jnp.where(valid, jnp.exp(scores - new_peak[rows][..., None]), 0.0)
         scale = jnp.exp(peak - new_peak)
-        mass = mass * scale + jnp.sum(p, axis=-1)
-        acc = acc * scale[..., None] + jnp.einsum("bkgs,bskh->bkgh", p, vb)
+        mass = (mass * scale).at[target].add(jnp.sum(p, axis=-1), mode="drop")
+        acc = (acc * scale[..., None]).at[target].add(jnp.einsum("wkgs,wskh->wkgh", p, vb), mode="drop")
         return new_peak, mass, acc
 
     init = (jnp.full((b, kv, g), lowest), jnp.zeros((b, kv, g)), jnp.zeros((b, kv, g, h)))
-    _, mass, acc = jax.lax.fori_loop(0, live_blocks, body, init)
+    _, mass, acc = jax.lax.fori_loop(0, (total + b - 1) // b, body, init)
     out = acc / jnp.maximum(mass, jnp.finfo(jnp.float32).tiny)[..., None]
     return out.reshape(b, n, h).astype(q.dtype)
 
@@ -88,8 +104,7 @@ def decoder_step(lm, x: jax.Array, pool: list[LayerCache], table: jax.Array, len
     rows = jnp.arange(x.shape[0])
     block = jnp.where(live, table[rows, length // bs], SCRATCH_BLOCK)
     offset = length % bs
-    visible = length + 1
-    live_blocks = (jnp.max(jnp.where(live, visible, 0)) + bs - 1) // bs
+    visible = jnp.where(live, length + 1, 0)
     cos, sin = layers.rope_tables(length[:, None], c.head_dim, c.rope_theta, c.rope_scaling,
                                   c.max_position_embeddings)
     new_pool = []
@@ -104,7 +119,7 @@ def decoder_step(lm, x: jax.Array, pool: list[LayerCache], table: jax.Array, len
         k_pool = cache.k.at[block, offset].set(k[:, 0].astype(cache.k.dtype))
         v_pool = cache.v.at[block, offset].set(v[:, 0].astype(cache.v.dtype))
         new_pool.append(LayerCache(k_pool, v_pool))
-        out = paged_attention(q[:, 0], k_pool, v_pool, table, visible, live_blocks).astype(x.dtype)
+        out = paged_attention(q[:, 0], k_pool, v_pool, table, visible).astype(x.dtype)
         x = x + jnp.einsum("bnh,nhd->bd", out, attn.o[...].astype(x.dtype))[:, None]
         x = x + layer.mlp(layer.post_attention_norm(x))
         x = sharding.constrain(x, ("batch", "length", "embed"))
