@@ -145,6 +145,11 @@ def use_mesh(mesh: Mesh | None, rules: Mapping[str, tuple[str, ...]] = RULES) ->
         _ACTIVE.reset(token)
 
 
+def active_mesh() -> tuple[Mesh, Mapping[str, tuple[str, ...]]] | None:
+    """The (mesh, rules) of the enclosing ``use_mesh``, or None outside one."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation by logical axes; a no-op outside ``use_mesh``."""
     active = _ACTIVE.get()
