@@ -146,7 +146,7 @@ def use_mesh(mesh: Mesh | None, rules: Mapping[str, tuple[str, ...]] = RULES) ->
 
 
 def active_mesh() -> tuple[Mesh, Mapping[str, tuple[str, ...]]] | None:
-    """(mesh, rules) set by the innermost ``use_mesh``, or None."""
+    """The (mesh, rules) of the enclosing ``use_mesh``, or None outside one."""
     return _ACTIVE.get()
 
 

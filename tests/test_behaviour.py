@@ -18,13 +18,13 @@ def world(tmp_path_factory):
     return toy.build(str(tmp_path_factory.mktemp("world")), num_questions=6)
 
 
-def overrides(world, output_dir):
+def overrides(world, output_dir, **changes):
     """Command-line overrides of the runlocal generate config for the toy world."""
     values = {
         "output_dir": output_dir, "dataset.path": world.questions, "policy.checkpoint": world.policy,
         "reasoner.checkpoint": world.reasoner, "num_shards": 6, "policy.sampling.n": K, "reasoner.sampling.n": N,
         "reasoner.sampling.max_new_tokens": 12, "policy.sampling.max_new_tokens": 8, "selection.alpha": 0.3,
-        "verifier.workers": 1, "sampler.progress": False,
+        "verifier.workers": 1, "sampler.progress": False, **changes,
     }
     return [f"--config.{k}={v}" for k, v in values.items()]
 
@@ -189,3 +189,31 @@ def test_training_pipeline_reads_the_generated_store(world, full_run):
     skipped = {s["id"] for s in p.report()["skipped"]}
     assert sorted(seen) == sorted(selected - skipped) and len(seen) == p.report()["examples"] > 0
     assert len(seen) + len(skipped) == len(selected)
+
+
+def test_the_paper_generation_cap_is_an_ordinary_setting(world, full_run, tmp_path):
+    """generate's built-in cap (the paper's 32,768 new tokens per sample) on the toy world: samples
+    end at their stop tokens, KV use follows what they hold (a cache sized by the cap would hold
+    8 rows x 32K tokens), nothing is preempted, and the run takes about as long as with the
+    8/12-token caps of the other tests (both are mostly compilation on the toy models)."""
+    paper = load("generate")
+    cap = paper.reasoner.sampling.max_new_tokens
+    assert cap == paper.policy.sampling.max_new_tokens == 32768
+    out = str(tmp_path / "paper-cap")
+    cfg = load("generate:runlocal", overrides(world, out, **{"reasoner.sampling.max_new_tokens": cap,
+                                                               "policy.sampling.max_new_tokens": cap}))
+    report = behaviour.generate(cfg)
+    records = list(TrajectoryStore(out).iter_records())
+    short = full_run[1]
+    assert len(records) == short.trajectories
+    assert all(r.caption_tokens < cap and r.trajectory_tokens < cap for r in records)
+    assert max(r.trajectory_tokens for r in records) > 12, "no sample ran past the short cap; the test shows nothing"
+    rows, block = cfg.sampler.batch_size, cfg.sampler.block_size
+    for stage, longest in (("captions", max(r.caption_tokens for r in records)),
+                           ("reasoning", max(r.trajectory_tokens for r in records))):
+        long_run, short_run = report.stages[stage], short.stages[stage]
+        assert long_run.kv_preempted == 0 and 0 < short_run.kv_peak_tokens <= long_run.kv_peak_tokens
+        # Beyond the short run, each row holds at most its longer sample (+ one block).
+        assert long_run.kv_peak_tokens <= short_run.kv_peak_tokens + rows * (longest + block)
+    seconds = lambda r: r.stages["captions"].seconds + r.stages["reasoning"].seconds  # noqa: E731
+    assert seconds(report) < 4 * seconds(short) + 10

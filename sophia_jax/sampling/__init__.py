@@ -1,8 +1,9 @@
 """KV-cache sampling for the InternVL policy and the text reasoner.
 
-Split by role: ``strategy`` (logits -> token and log-probs; pure), ``loop`` (jitted prefill and
-``while_loop`` decode over a static cache), ``sampler`` (host API: prompts, buckets, batches,
-results, progress).
+Split by role: ``strategy`` (logits -> token and log-probs; pure), ``paged`` (the paged KV pool
+and the one-token decoder step over it, plain or with the TPU kernel), ``loop`` (jitted prefill,
+admission and ``while_loop`` decode), ``sampler`` (host API: prompts, continuous batching, the
+block allocator, results, progress).
 """
 
 # Host API

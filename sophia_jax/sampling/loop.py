@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from sophia_jax import sharding
-from sophia_jax.models.decoder import LayerCache, init_cache
+from sophia_jax.models.decoder import init_cache
 from sophia_jax.sampling import paged, strategy
 
 
@@ -61,7 +61,7 @@ class Admission:
 class DecodeState:
     """Everything the decode loop carries. B rows, C = decode chunk."""
 
-    pool: list  # list[LayerCache], each [NB, bs, K, H]
+    pool: list  # per layer [NB, bs, 2K, H] (paged: keys and values interleaved by KV head)
     length: jax.Array  # int32[B], slots filled = RoPE position of last_token
     last_token: jax.Array  # int32[B], the token to feed next
     generated: jax.Array  # int32[B], tokens generated so far
@@ -127,7 +127,7 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, pool: list, batch: Prefil
     """Encodes images and prompts once and stores their keys and values, compacted, in the pool."""
     model = nnx.merge(graphdef, params)
     p, length = batch.tokens.shape
-    bs = pool[0].k.shape[1]
+    bs = pool[0].shape[1]
     slots = batch.blocks.shape[1] * bs
     positions = jnp.maximum(jnp.cumsum(batch.mask, axis=1) - 1, 0).astype(jnp.int32)
     embeds = embed(model, batch.tokens, batch.pixel_values, batch.tile_mask)
@@ -137,11 +137,11 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, pool: list, batch: Prefil
     pad = length - jnp.sum(batch.mask, axis=1)
     source = jnp.clip(pad[:, None] + jnp.arange(slots)[None, :], 0, length - 1)  # [P, slots]
 
-    def store(pool_x, x):  # x: [P, L, K, H] -> the prompts' blocks of pool_x [NB, bs, K, H]
-        x = jnp.take_along_axis(x, source[:, :, None, None], axis=1).astype(pool_x.dtype)
-        return pool_x.at[batch.blocks].set(x.reshape(p, -1, bs, *x.shape[2:]))
+    def store(layer_pool, k, v):  # k, v: [P, L, K, H] -> the prompts' blocks of the layer's pool
+        x = jnp.take_along_axis(paged.combine(k, v), source[:, :, None, None], axis=1).astype(layer_pool.dtype)
+        return layer_pool.at[batch.blocks].set(x.reshape(p, -1, bs, *x.shape[2:]))
 
-    new = [LayerCache(store(pc.k, c.k), store(pc.v, c.v)) for pc, c in zip(pool, cache)]
+    new = [store(layer_pool, c.k, c.v) for layer_pool, c in zip(pool, cache)]
     return paged.constrain_pool(new)
 
 
@@ -151,8 +151,7 @@ def admit(state: DecodeState, new: Admission, row_params: strategy.RowParams) ->
     keys = jax.vmap(lambda i, j: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, i), j)))(
         new.prompt_index, new.sample_index)
     pick = lambda fresh, old: jnp.where(new.mask.reshape(-1, *(1,) * (old.ndim - 1)), fresh, old)  # noqa: E731
-    pool = [LayerCache(c.k.at[new.copy_dst].set(c.k[new.copy_src]), c.v.at[new.copy_dst].set(c.v[new.copy_src]))
-            for c in state.pool]
+    pool = [x.at[new.copy_dst].set(x[new.copy_src]) for x in state.pool]
     state = state.replace(
         pool=pool,
         length=pick(new.length, state.length),

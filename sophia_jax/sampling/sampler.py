@@ -37,7 +37,6 @@ import collections
 import dataclasses
 import functools
 import logging
-import math
 import time
 from typing import Iterable, Iterator, Sequence
 
@@ -344,7 +343,7 @@ class Sampler:
         cfg = self.config
         seed, max_new = np.uint32(params.seed % 2**32), params.max_new_tokens
         state = self._state
-        shape_ok = state is not None and state.pool[0].k.dtype == jnp.dtype(cfg.cache_dtype)
+        shape_ok = state is not None and state.pool[0].dtype == jnp.dtype(cfg.cache_dtype)
         if not shape_ok:
             with sharding.use_mesh(self.mesh):
                 state = jax.jit(functools.partial(

@@ -165,6 +165,7 @@ class BehaviourModel:
         stage.seconds += time.perf_counter() - start
         stage.items += len(prompts)
         stage.tokens += sum(len(s.tokens) for r in results for s in r.samples)
+        stage.add_kv_usage(self.policy.sampler.kv_usage)
         report.images_captioned += len(keys)
         report.captions += sum(len(r.samples) for r in results)
         return {keys[r.index]: r.samples for r in results}
@@ -189,6 +190,7 @@ class BehaviourModel:
         stage.seconds += time.perf_counter() - start
         stage.items += len(prompts)
         stage.tokens += sum(len(s.tokens) for r in results for s in r.samples)
+        stage.add_kv_usage(self.reasoner.sampler.kv_usage)
         return {keys[r.index]: r.samples for r in results}
 
     def _score_and_select(self, questions, captions, trajectories, report) -> list[TrajectoryRecord]:

@@ -14,12 +14,21 @@ class StageTiming:
     seconds: float = 0.0
     items: int = 0  # prompts, or answers judged
     tokens: int = 0  # generated tokens (0 for the verifier)
+    kv_peak_tokens: int = 0  # sampling stages: most KV-cache tokens held at once (blocks x block size)
+    kv_preempted: int = 0  # sampling stages: samples restarted because the KV budget ran out
+
+    def add_kv_usage(self, usage) -> None:
+        """Folds in a sampler's ``kv_usage`` after one ``generate`` call."""
+        self.kv_peak_tokens = max(self.kv_peak_tokens, usage.peak_tokens)
+        self.kv_preempted += usage.preempted
 
     def as_dict(self) -> dict:
         out = {"seconds": round(self.seconds, 3), "items": self.items}
         if self.tokens:
             out["tokens"] = self.tokens
             out["tokens_per_second"] = round(self.tokens / self.seconds, 2) if self.seconds else None
+            out["kv_peak_tokens"] = self.kv_peak_tokens
+            out["kv_preempted"] = self.kv_preempted
         else:
             out["items_per_second"] = round(self.items / self.seconds, 2) if self.seconds else None
         return out
