@@ -80,7 +80,7 @@ def load_role(role_cfg, cfg, mesh, stop_token_ids) -> Role:
     """Loads a checkpoint (ours or a Hugging Face directory) and builds its sampler."""
     import transformers
 
-    runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype)
+    runtime = RuntimeConfig(dtype=cfg.dtype, param_dtype=cfg.dtype, attention=cfg.attention)
     model = checkpoint.load(role_cfg.checkpoint, mesh=mesh, runtime=runtime)
     tokenizer = transformers.AutoTokenizer.from_pretrained(role_cfg.checkpoint)
     s = cfg.sampler
