@@ -43,6 +43,7 @@ def experiment(stage: str, model: str, slice_name: str):
         cfg.sampler.batch_size = g["batch_size"]
         cfg.sampler.tile_budget = g["tile_budget"]
         cfg.sampler.cache_dtype = "bfloat16"
+        cfg.attention = "fused"  # the TPU paged-attention kernel in decode
         cfg.policy.name = model
     elif stage in ("train", "warmup"):
         chips = facts["chips_per_host"] * facts["hosts"]

@@ -93,6 +93,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.sampler.block_size = 64  # KV-cache tokens per block
 
     cfg.dtype = "bfloat16"  # model compute and weight dtype
+    # xla: plain attention everywhere; fused: on TPU, JAX's Pallas ragged paged attention kernel in
+    # decode (head dim a multiple of 128) and jax.nn.dot_product_attention in prefill
+    cfg.attention = "xla"
     # Mesh over this host's devices; each host samples its own shards with its own model copy.
     cfg.mesh = mesh()  # data, fsdp, tensor sizes; -1 = all remaining devices
 

@@ -47,16 +47,19 @@ def sampler_config(section: Mapping, pad_id: int) -> SamplerConfig:
                          kv_budget=section["kv_budget"], block_size=section["block_size"], pad_id=pad_id)
 
 
-def load_sampler(checkpoint: str, section: Mapping, *, dtype: str, mesh, name: str = "") -> LoadedModel:
+def load_sampler(checkpoint: str, section: Mapping, *, dtype: str, mesh, name: str = "",
+                 attention: str = "xla") -> LoadedModel:
     """Loads ``checkpoint`` (ours or a Hugging Face directory) onto ``mesh`` and builds its sampler.
 
-    ``name`` defaults to the checkpoint directory's name.
+    ``name`` defaults to the checkpoint directory's name; ``attention`` is the models' runtime switch
+    (``fused``: the Pallas paged-attention kernel in decode on TPU, the plain path elsewhere).
     """
     from sophia_jax import checkpoint as checkpoints
     from sophia_jax.models.config import RuntimeConfig
 
     tokenizer = checkpoints.load_tokenizer(checkpoint)  # before the weights: an unusable one fails fast
-    model = checkpoints.load(checkpoint, mesh=mesh, runtime=RuntimeConfig(dtype=dtype, param_dtype=dtype))
+    model = checkpoints.load(checkpoint, mesh=mesh, runtime=RuntimeConfig(dtype=dtype, param_dtype=dtype,
+                                                                              attention=attention))
     sampler = Sampler(model, sampler_config(section, int(tokenizer.pad_token_id or 0)), mesh=mesh,
                       tokenizer=tokenizer)
     return LoadedModel(name or os.path.basename(os.path.normpath(checkpoint)), model, tokenizer, sampler)

@@ -74,7 +74,8 @@ class Scored:
 
 def load_role(role_cfg, cfg, mesh) -> Role:
     """Loads a role's checkpoint (ours or a Hugging Face directory) with its sampler and sampling settings."""
-    loaded = load_sampler(role_cfg.checkpoint, cfg.sampler, dtype=cfg.dtype, mesh=mesh, name=role_cfg.name)
+    loaded = load_sampler(role_cfg.checkpoint, cfg.sampler, dtype=cfg.dtype, mesh=mesh, name=role_cfg.name,
+                          attention=cfg.attention)
     p = role_cfg.sampling
     sampling = SamplingParams(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
                               top_k=p.top_k, n=p.n, stop_token_ids=loaded.stop_token_ids, seed=p.seed)
