@@ -12,10 +12,14 @@ refilled from the queue. A prompt is prefilled once, when its first sample start
 samples share its full KV blocks. KV memory is a pool of ``kv_budget`` tokens in blocks of
 ``block_size``: a row holds blocks for what it has generated plus one decode call, so the
 ``max_new_tokens`` cap sizes nothing. When the pool runs out the newest rows are restarted
-later (same keys, so the same samples). ``kv_usage`` reports the use of the last call.
+later (same keys, so the same samples). ``kv_usage`` reports the use of the last call. Once
+nothing waits, the live rows move onto half as many rows whenever they fit (down to
+``tail_rows``), so the tail of a run does not pay for finished rows.
 
-Compiled programs, for fixed sampling settings: one decode and one admit program; one prefill
-per (bucket, prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
+Compiled programs, for fixed sampling settings: one decode program per row width (``batch_size``
+and the halvings down to ``tail_rows`` that a run's tail reaches), one admit program, one
+select program per step down (and one to widen again); one prefill per (bucket,
+prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
 chosen on ``len(prompt) - 1`` (the last prompt token is fed by the first decode step). Each new
 program is logged; ``compiled_programs()`` counts what XLA compiled, shared by all samplers of
 the same model graph.
