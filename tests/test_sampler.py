@@ -145,15 +145,15 @@ def test_compilations_bounded_by_buckets_and_weight_swaps(qwen2_sampler):
     # 10 prompts through 2 rows: many refills and decode calls, one decode and one admit
     # program; prefills by (bucket, width of the 1-2 prompt ladder).
     prefills = {k for k in sampler.programs if k[0] == "prefill"}
-    assert compiled == {"prefill": len(prefills), "decode": 1, "admit": 1} and len(prefills) <= 6
+    assert compiled == {"prefill": len(prefills), "decode": 1, "admit": 1, "select_rows": 0} and len(prefills) <= 6
     before = tokens_of(sorted(streamed, key=lambda r: r.index))
     # New weights of the same structure reuse the compiled programs and change the output; so
     # does a second sampler over the same model graph.
     sampler.update_params(jax.tree.map(lambda x: x * 1.5, sampler.params))
     after, compiled = compiles_during(lambda: tokens_of(sampler.generate(prompts, params)))
-    assert after != before and compiled == {"prefill": 0, "decode": 0, "admit": 0}
+    assert after != before and compiled == {"prefill": 0, "decode": 0, "admit": 0, "select_rows": 0}
     again, compiled = compiles_during(lambda: tokens_of(Sampler(model, config(**unique)).generate(prompts, params)))
-    assert again == before and compiled == {"prefill": 0, "decode": 0, "admit": 0}
+    assert again == before and compiled == {"prefill": 0, "decode": 0, "admit": 0, "select_rows": 0}
     with pytest.raises(ValueError, match="differ"):
         sampler.update_params(jax.tree.map(lambda x: x[..., :1], sampler.params))
 
@@ -226,4 +226,4 @@ def test_internvl_greedy_matches_transformers_and_shares_prefix(internvl_pair):
     # prompt is prefilled (and its images encoded) once for its n samples.
     assert sampler.kv_usage.prefilled == 3
     assert {k for k in sampler.programs if k[0] == "prefill"} == {("prefill", 32, 2, True), ("prefill", 32, 1, False)}
-    assert compiled == {"prefill": 2, "decode": 1, "admit": 1}
+    assert compiled == {"prefill": 2, "decode": 1, "admit": 1, "select_rows": 0}

@@ -1,5 +1,6 @@
 """Continuous batching over the paged KV cache: refills, stops mid-decoding, preemption, KV use
-bounded by live tokens, and a 32,768-token cap (tiny random Qwen2, CPU)."""
+bounded by live tokens, a 32,768-token cap, and the tail narrowing onto fewer rows (tiny random
+Qwen2, CPU)."""
 
 import time
 
@@ -8,7 +9,7 @@ import pytest
 
 import hf_models
 import test_decoder_parity
-from test_sampler import GREEDY, config, hf_greedy, text_prompts, tokens_of
+from test_sampler import GREEDY, compiles_during, config, hf_greedy, text_prompts, tokens_of
 from sophia_jax.sampling import Prompt, Sampler, SamplingParams
 from sophia_jax.sampling.testing import tiny_tokenizer
 
@@ -106,3 +107,31 @@ def test_a_32768_token_cap_is_an_ordinary_setting(pair):
         stop_at = short[i].index(short[i][2])
         assert s.tokens.tolist() == short[i][: stop_at + 1] and s.finish_reason == "stop"
     assert sampler.kv_usage.peak_blocks <= 2 * 3  # two rows of < 2 blocks each (+ a prefix)
+
+
+def test_the_tail_narrows_onto_fewer_rows_with_the_same_samples(pair):
+    """Once nothing waits, the live rows move onto half as many rows (and again), so the tail of
+    a run stops computing finished rows; the samples are the ones a full-width run gives."""
+    _, model = pair
+    prompts = text_prompts((5, 9, 3, 7, 11, 4, 6, 8), seed=7)
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, n=2, seed=3)  # 16 samples, 16 rows
+    roomy = dict(decode_chunk=4, block_size=4, kv_budget=4 * 512)
+    free = tokens_of(Sampler(model, config(batch_size=16, tail_rows=16, **roomy)).generate(prompts, params))
+    # Stop tokens met at different steps (one from each sample), so rows finish one after another.
+    items = [Prompt(p, stop_token_ids=(free[2 * i][2 + 3 * (i % 4)], free[2 * i + 1][4 + 3 * ((i + 2) % 4)]))
+             for i, p in enumerate(prompts)]
+    full = tokens_of(Sampler(model, config(batch_size=16, tail_rows=16, **roomy)).generate(items, params))
+    assert len({len(t) for t in full}) > 4
+    narrowing = Sampler(model, config(batch_size=16, tail_rows=2, **roomy))
+    got, compiled = compiles_during(lambda: tokens_of(narrowing.generate(items, params)))
+    assert got == full
+    widths = sorted(k[1] for k in narrowing.programs if k[0] == "decode")
+    assert widths[-1] == 16 and len(widths) >= 3 and min(widths) >= 2
+    # One decode program per narrower width (16 rows were compiled by the runs above), one
+    # select program per step down.
+    assert compiled["decode"] == compiled["select_rows"] == len(widths) - 1
+    live_rows = [h[0] for h in narrowing.kv_usage.history]
+    assert live_rows[-1] < 16
+    # The next call starts on all 16 rows again (one program widens), with nothing else compiled.
+    again, compiled = compiles_during(lambda: tokens_of(narrowing.generate(items, params)))
+    assert again == full and compiled == {"prefill": 0, "decode": 0, "admit": 0, "select_rows": 1}

@@ -166,6 +166,23 @@ def admit(state: DecodeState, new: Admission, row_params: strategy.RowParams) ->
     return _constrain_rows(state)
 
 
+ROW_FIELDS = ("length", "last_token", "generated", "done", "stopped", "row_keys", "stop_ids", "out_tokens",
+              "out_logprobs", "out_raw")
+
+
+def select_rows(pool: list, state: DecodeState, rows: jax.Array) -> DecodeState:
+    """A state of ``len(rows)`` decode rows: row i is the old row ``rows[i]``, or a free row where
+    ``rows[i]`` is past the old width; ``pool`` becomes its pool unchanged (apart from the
+    state, so that it alone is donated: the row arrays change shape). Lets the tail of a run,
+    when nothing waits, decode on fewer rows (and a later call widen again)."""
+    width = state.done.shape[0]
+    index = jnp.minimum(rows, width - 1)
+    picked = {name: getattr(state, name)[index] for name in ROW_FIELDS}
+    picked["done"] = jnp.where(rows < width, picked["done"], True)
+    row_params = strategy.RowParams(*(x[index] for x in state.row_params))
+    return _constrain_rows(state.replace(pool=pool, row_params=row_params, **picked))
+
+
 def reset(state: DecodeState, seed: jax.Array, max_new: jax.Array) -> DecodeState:
     """All rows free, for a new ``generate`` call (the pool's contents are dead)."""
     return state.replace(done=jnp.ones_like(state.done), seed=seed.astype(jnp.uint32),

@@ -12,10 +12,14 @@ refilled from the queue. A prompt is prefilled once, when its first sample start
 samples share its full KV blocks. KV memory is a pool of ``kv_budget`` tokens in blocks of
 ``block_size``: a row holds blocks for what it has generated plus one decode call, so the
 ``max_new_tokens`` cap sizes nothing. When the pool runs out the newest rows are restarted
-later (same keys, so the same samples). ``kv_usage`` reports the use of the last call.
+later (same keys, so the same samples). ``kv_usage`` reports the use of the last call. Once
+nothing waits, the live rows move onto half as many rows whenever they fit (down to
+``tail_rows``), so the tail of a run does not pay for finished rows.
 
-Compiled programs, for fixed sampling settings: one decode and one admit program; one prefill
-per (bucket, prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
+Compiled programs, for fixed sampling settings: one decode program per row width (``batch_size``
+and the halvings down to ``tail_rows`` that a run's tail reaches), one admit program, one
+select program per step down (and one to widen again); one prefill per (bucket,
+prompts-per-prefill on a power-of-two ladder, images or not). Prompt buckets are
 chosen on ``len(prompt) - 1`` (the last prompt token is fed by the first decode step). Each new
 program is logged; ``compiled_programs()`` counts what XLA compiled, shared by all samplers of
 the same model graph.
@@ -142,6 +146,9 @@ class SamplerConfig:
     progress: bool = True  # tqdm bar: prompts done/total, tokens/s, ETA
     kv_budget: int = 65536  # KV-cache tokens held at once, over all rows and prompts
     block_size: int = 64  # KV-cache tokens per block (the unit of allocation)
+    # When nothing waits and at most half the rows are live, decoding goes on over half as many
+    # rows (one more decode program per width), down to this many; >= batch_size: never.
+    tail_rows: int = 8
 
 
 @dataclasses.dataclass
@@ -192,12 +199,14 @@ _prefill = jax.jit(loop.prefill, static_argnames=("graphdef", "cache_dtype"), do
 _admit = jax.jit(loop.admit, donate_argnames=("state",))
 _reset = jax.jit(loop.reset, donate_argnames=("state",))
 _release = jax.jit(loop.release, donate_argnames=("state",))
+_select_rows = jax.jit(loop.select_rows, donate_argnames=("pool",))
 _decode = jax.jit(loop.decode, static_argnames=("graphdef", "mode", "pad_id"), donate_argnames=("state",))
 
 
 def compiled_programs() -> dict[str, int]:
     """How many programs of each kind have been compiled in this process (all samplers)."""
-    return {"prefill": _prefill._cache_size(), "decode": _decode._cache_size(), "admit": _admit._cache_size()}
+    return {"prefill": _prefill._cache_size(), "decode": _decode._cache_size(), "admit": _admit._cache_size(),
+            "select_rows": _select_rows._cache_size()}
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -351,6 +360,8 @@ class Sampler:
                     num_blocks=self.num_blocks, block_size=cfg.block_size, dtype=cfg.cache_dtype,
                     stop_slots=MAX_STOP_TOKENS))(seed, max_new)
         self._state = None
+        if state.done.shape[0] != cfg.batch_size:  # the last call ended on fewer rows
+            state = _select_rows(state.pool, state.replace(pool=None), np.arange(cfg.batch_size, dtype=np.int32))
         state = _reset(state, np.uint32(seed), np.int32(max_new))
         # Committed, as the outputs of decode are: otherwise the first admit of a call would
         # compile a second program (jit caches on committed-ness too).
@@ -543,7 +554,6 @@ class _Run:
     def __iter__(self):
         s = self.s
         static = dict(mode=self.mode, pad_id=s.config.pad_id)
-        s._note(("decode", self.rows_n, self.chunk, self.table_width, self.mode), "decode")
         while self.queue or any(row is not None for row in self.rows):
             preempted = self._grow()
             if preempted:
@@ -556,10 +566,14 @@ class _Run:
             if not live:
                 raise SamplerConfigError(f"sampler kv_budget {s.config.kv_budget} cannot hold the next prompt; "
                                          f"raise kv_budget")
+            if not self.queue:
+                live = self._narrow(live)
             self._record(live)
             # Come back for a refill once a few rows are free, if anything waits.
             want = min(len(self.queue), max(1, self.rows_n // 8)) if self.queue else self.rows_n + 1
-            refill_at = self.rows_n - len(live) + want
+            # Nothing waits: come back when the rows could fit in half the width.
+            refill_at = self.rows_n - len(live) + want if self.queue else self._narrow_at(len(live))
+            s._note(("decode", self.rows_n, self.chunk, self.table_width, self.mode), "decode")
             with sharding.use_mesh(s.mesh):
                 self.state = _decode(s.graphdef, s.params, self.state, s._put(self.table), jnp.int32(self.chunk),
                                      jnp.int32(refill_at), **static)
@@ -577,6 +591,31 @@ class _Run:
                 if done[r]:
                     yield self._finish(r, bool(stopped[r])), self.generated
             yield None, self.generated
+
+    def _narrow_at(self, live: int) -> int:
+        """Free rows at which decoding should stop to narrow (rows_n + 1 = run to the end)."""
+        half = self.rows_n // 2
+        if half < self.s.config.tail_rows or live <= half:
+            return self.rows_n + 1
+        return self.rows_n - half
+
+    def _narrow(self, live: list[int]) -> list[int]:
+        """Moves the live rows onto the fewest rows of the halving ladder that hold them (down to
+        ``tail_rows``); returns their new indices."""
+        width = self.rows_n
+        while width // 2 >= self.s.config.tail_rows and len(live) <= width // 2:
+            width //= 2
+        if width == self.rows_n:
+            return live
+        keep = np.asarray(live + [self.rows_n] * (width - len(live)), np.int32)  # past the end = free
+        with sharding.use_mesh(self.s.mesh):
+            self.state = _select_rows(self.state.pool, self.state.replace(pool=None), self.s._put(keep))
+        self.rows = [self.rows[r] for r in live] + [None] * (width - len(live))
+        self.table = np.concatenate([self.table[live], np.zeros((width - len(live), self.table_width), np.int32)])
+        self.row_params = strategy.RowParams(*(x[:width] for x in self.row_params))
+        self.rows_n = width
+        self.s._note(("select_rows", width), "select_rows")
+        return list(range(len(live)))
 
     def _record(self, live: list[int]) -> None:
         tokens = sum(self.prefixes[self.rows[r].prompt].length + self.rows[r].generated for r in live)
