@@ -52,7 +52,7 @@ TEMPLATES = (
     ("Multiply {d} by the number of {c1}, then subtract the number of {c2}.", (("*", "d", "c1"), ("-", "r", "c2"))),
 )
 FINAL_MARKER = "**Final answer**:"  # what the simulate-reasoning prompt asks the answer to follow
-SPLIT_SEEDS = {"warmup": 1, "reasoner": 2, "train": 3, "heldout": 4}  # disjoint streams of scenes
+SPLIT_SEEDS = {"warmup": 1, "warmup-text": 5, "reasoner": 2, "train": 3, "heldout": 4}  # disjoint streams of scenes
 
 # Seven-segment layout: segment -> (x0, y0, x1, y1) in a 0..1 box; digits -> lit segments.
 _SEGMENTS = {"a": (0, 0, 1, 0), "b": (1, 0, 1, .5), "c": (1, .5, 1, 1), "d": (0, 1, 1, 1), "e": (0, .5, 0, 1),
@@ -239,24 +239,24 @@ def solve(question: WorldQuestion, caption: str, look_back: bool = False) -> str
         name = getattr(question, key)
         if key == "d":
             values[key] = digit_feature(scene, name)
-            lines.append(f"{name[0].upper()}{name[1:]} in the image is {values[key]}.")
+            lines.append(f"{name.removeprefix('the ').capitalize()}: {values[key]}.")
             continue
         groups = [g for g in _groups([o for o in scene.shapes if COUNTS[name](o)])]
         values[key] = sum(n for n, _, _ in groups)
         if not groups:
-            tally = "none, so 0"
+            tally = "none, 0"
         elif len(groups) == 1:
-            tally = f"{_group_text(*groups[0])}, so {values[key]}"
+            tally = f"{_group_text(*groups[0])}, {values[key]}"
         else:
-            tally = _and([_group_text(*g) for g in groups]) + ", so " + " + ".join(str(n) for n, _, _ in groups) \
+            tally = _and([_group_text(*g) for g in groups]) + ", " + " + ".join(str(n) for n, _, _ in groups) \
                 + f" = {values[key]}"
-        lines.append(f"The {name} in the image: {tally}.")
+        lines.append(f"{name.capitalize()}: {tally}.")
     for op, left, right in TEMPLATES[question.template][1]:
         a, b = values[left], values[right]
         values["r"] = _apply(op, a, b)
         lines.append(f"{a} {op} {b} = {values['r']}.")
     if look_back:
-        lines.append(f"Let me look back at the image: {caption} So the result stays {values['r']}.")
+        lines.append(f"Let me look back at the image: {caption} The result stays {values['r']}.")
     lines.append(f"{FINAL_MARKER} \\boxed{{{values['r']}}}")
     return "\n".join(lines)
 
@@ -312,8 +312,9 @@ def words() -> list[str]:
     numbers = [str(n) for n in range(-9, 100)]
     text = " ".join([*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), *COUNTS, *DIGIT_FEATURES,
                      *(t for t, _ in TEMPLATES),
-                     "Looking at the image, I see The In in the image is none so Let me look back at the image:",
-                     "So the result stays digit digits and", "Compute then", *_OP_WORDS.values(), "* + - = . ,"])
+                     "Looking at the image, I see none Let me look back at the image: The result stays",
+                     "digit digits and", *(n.removeprefix("the ").capitalize() for n in DIGIT_FEATURES),
+                     *(n.capitalize() for n in COUNTS), "Compute then", *_OP_WORDS.values(), "* + - = . ,"])
     found = re.findall(r"[A-Za-z0-9\-]+:?|[^\sA-Za-z0-9\-]", text.replace("{c1}", "").replace("{c2}", "")
                        .replace("{d}", ""))
     return list(dict.fromkeys([*found, *numbers, *(direct_answer(int(n)) for n in numbers)]))
