@@ -308,16 +308,26 @@ def split(name: str, num_images: int, questions_per_image: int = 1) -> list[Worl
 
 
 def words() -> list[str]:
-    """Every word and symbol the world's text uses (for the tokenizer)."""
+    """Every word and symbol the world's text uses (for the tokenizer).
+
+    Read off the text the world writes: every question form, caption and solution (with and
+    without the look back) over a fixed set of scenes, and the arithmetic drills, split the way
+    the tokenizer splits (so ``shapes:`` is a word of its own), plus every number in range.
+    """
     numbers = [str(n) for n in range(-9, 100)]
-    text = " ".join([*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), *COUNTS, *DIGIT_FEATURES,
-                     *(t for t, _ in TEMPLATES),
-                     "Looking at the image, I see none Let me look back at the image: The result stays",
-                     "digit digits and", *(n.removeprefix("the ").capitalize() for n in DIGIT_FEATURES),
-                     *(n.capitalize() for n in COUNTS), "Compute then", *_OP_WORDS.values(), "* + - = . ,"])
-    found = re.findall(r"[A-Za-z0-9\-]+:?|[^\sA-Za-z0-9\-]", text.replace("{c1}", "").replace("{c2}", "")
-                       .replace("{d}", ""))
-    return list(dict.fromkeys([*found, *numbers, *(direct_answer(int(n)) for n in numbers)]))
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng) for _ in range(40)]
+    corpus = [arithmetic(rng)[k] for _ in range(20) for k in (0, 1)]
+    for i, scene in enumerate(scenes):
+        for template in range(len(TEMPLATES)):
+            for c1 in COUNTS:
+                c2 = list(COUNTS)[(list(COUNTS).index(c1) + 1 + i) % len(COUNTS)]
+                q = WorldQuestion("w", scene, template, c1, c2, list(DIGIT_FEATURES)[i % 2], 0)
+                caption = describe(scene)
+                corpus += [q.text, solve(q, caption, look_back=True)]
+    found = re.findall(r"\\[A-Za-z]+\{[^{}\s]*\}|[A-Za-z0-9\-]+:?|[^\sA-Za-z0-9\-]", "\n".join(corpus))
+    return list(dict.fromkeys([*(w for w in found if not w.startswith("\\")), *numbers,
+                               *(direct_answer(int(n)) for n in numbers)]))
 
 
 def prompt_phrases() -> list[str]:
