@@ -266,10 +266,11 @@ def run(cfg) -> str:
     if unknown:
         raise UserError(f"config field 'settings': unknown {unknown}; known: {list(SETTINGS)}")
     clock = Clock()
-    root = cfg.dir or tempfile.mkdtemp(prefix="sophia-demo-")
+    root = os.path.abspath(cfg.dir or tempfile.mkdtemp(prefix="sophia-demo-"))  # Orbax wants absolute paths
     os.makedirs(root, exist_ok=True)
     _use_compilation_cache(os.path.join(root, "xla_cache"))
-    policy, reasoner = cfg.policy or shipped_model("policy"), cfg.reasoner or shipped_model("reasoner")
+    policy, reasoner = (os.path.abspath(path) for path in (cfg.policy or shipped_model("policy"),
+                                                            cfg.reasoner or shipped_model("reasoner")))
     results_dir, store = os.path.join(root, "results"), os.path.join(root, "store")
     os.makedirs(results_dir, exist_ok=True)
 

@@ -44,10 +44,10 @@ def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
     from sophia_jax.data.trajectory_store import TrajectoryStore
     from sophia_jax.sophia import selection
 
-    assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path), "--questions", "24"]) == 0
+    assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path), "--questions", "32"]) == 0
     out = capsys.readouterr().out
     assert all(f"] {i}/6 " in out for i in range(1, 7))
-    assert "questions: 26 read, 24 processed, 2 skipped {'bad_image': 2}" in out
+    assert "questions: 34 read, 32 processed, 2 skipped {'bad_image': 2}" in out
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     rows = {r["name"]: r for r in results["rows"]}
     assert list(rows) == ["base", "random", "no_caption_reward", "no_shortest", "sophia"]
@@ -56,10 +56,10 @@ def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
         assert len(verdicts) == 12 * 2 and row["pass_at_1"] == sum(verdicts) / len(verdicts)
     store = TrajectoryStore(tmp_path / "store", clean_on_open=False)
     index = list(store.iter_index())
-    assert len(index) == 24 * 4 * 4
+    assert len(index) == 32 * 4 * 4
     assert rows["sophia"]["trajectories"] == len(selection.select(index, alpha=0.75, keep=1))
     assert rows["no_caption_reward"]["trajectories"] == len(selection.select(index, alpha=0.0, keep=1))
-    assert rows["random"]["trajectories"] == 24 and sorted(store.selections()) == \
+    assert rows["random"]["trajectories"] == 32 and sorted(store.selections()) == \
         ["no_caption_reward", "no_shortest", "random"]
     assert rows["sophia"]["kept_correct"] in (None, 1.0) and rows["no_shortest"]["kept_correct"] in (None, 1.0)
     table = (tmp_path / "results" / "table.md").read_text()

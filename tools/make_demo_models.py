@@ -5,20 +5,26 @@
 
 Everything comes from the world of ``sophia_jax.sophia.world`` (no downloads):
 
-* the **policy**, an InternVL (InternViT -> pixel shuffle -> MLP projector -> Qwen2 decoder,
-  56-pixel tiles, 4 image tokens), warmed up with the project's own trainer (``sophia-jax
-  warmup``'s config, every part trainable) on VQA records: the caption prompt -> the image's
-  canonical description, and the world's questions -> a direct ``\\boxed{n}`` answer; plus
-  text-only arithmetic lines, the stand-in for what a real LVLM's language model knows;
-* the **reasoner**, a Qwen3-architecture text model trained on the simulate-reasoning prompt
-  (question + a true description) -> the step-by-step solution ending in ``\\boxed{n}``, with
-  the same train step (``training.step``) and packing as the trainer.
+* the **policy**, an InternVL (InternViT -> pixel shuffle -> MLP projector -> Qwen2 decoder;
+  56-pixel tiles, 4 image tokens). Its vision tower is pre-trained first on what each image
+  token shows (the stand-in for InternViT's own pre-training). Then the project's own trainer
+  (``sophia-jax warmup``'s config; vision frozen, projector and language model trained) warms
+  it up on VQA records -- the caption prompt -> the image's canonical description, and world
+  questions -> a direct ``\\boxed{n}`` answer -- and on text-only records: solutions of
+  questions from a written description (in the simulate-reasoning prompt) and arithmetic
+  drills, the stand-in for what a real LVLM's language model can do with text. So the base
+  policy can describe images and reason over text, but answers image questions directly.
+* the **reasoner**: the warmed-up policy's language model (a Qwen2 CausalLM), fine-tuned on
+  solutions in its own chat format (no system turn, as ``generate`` prompts it), with the
+  same train step (``training.step``) and packing as the trainer. The shared base mirrors the
+  paper's pair (InternVL3-38B's language model and QwQ-32B both come from Qwen2.5-32B).
 
-Both share the world's tokenizer. The models are stored in bfloat16; the script prints a
-sha256 of every model's parameter values, which a rerun on the same machine and software
-reproduces (XLA's CPU kernels are deterministic for a fixed build and thread count; another
-CPU or jax version may round differently). The Orbax files themselves are not byte-stable
-(they carry write metadata), hence the checksum over values.
+Both use the world's tokenizer. The models are stored in bfloat16. The script prints a sha256
+of each model's parameter values (also written to CHECKSUMS.json); a rerun on the same machine
+and software gives the same values (every seed is fixed and XLA's CPU kernels are
+deterministic for a fixed build and thread count); another CPU, thread count or jax version
+may round differently, and the Orbax files themselves are not byte-stable (they carry write
+metadata), hence a checksum over values.
 """
 
 from __future__ import annotations
@@ -261,15 +267,81 @@ def checksum(path: str) -> str:
     return digest.hexdigest()
 
 
+def check(models: str, count: int = 100) -> dict[str, float]:
+    """What the models can do on ``count`` held-out questions (printed; also the README's figures).
+
+    caption exact (greedy / 4 samples at the paper's 1.0, top-p 0.8), direct pass@1 of the policy
+    at that decoding, and solving from the true description: the policy's language model
+    (greedy, its warm-up format) and the reasoner (4 samples at generate's 0.6, top-p 0.95).
+    """
+    import transformers
+
+    from sophia_jax import checkpoint
+    from sophia_jax.data import chat_templates
+    from sophia_jax.data.images import TilingConfig, tile_image
+    from sophia_jax.sampling import Prompt, Sampler, SamplerConfig, SamplingParams
+    from sophia_jax.sophia import world
+    from sophia_jax.sophia.prompts import Prompts
+    from sophia_jax.verify import score_trajectory
+
+    prompts, questions = Prompts.load(), world.split("heldout", count)
+    config = SamplerConfig(batch_size=128, buckets=(64, 128, 256), cache_dtype="float32", tile_budget=16,
+                           decode_chunk=32, kv_budget=65536, block_size=16, progress=False)
+
+    def run(name, prompt_list, n, temperature, top_p, stop):
+        path = os.path.abspath(os.path.join(models, name))  # Orbax wants absolute paths
+        sampler = Sampler(checkpoint.load(path, dtype="float32"), config, tokenizer=tok)
+        params = SamplingParams(max_new_tokens=192, temperature=temperature, top_p=top_p, n=n, stop_token_ids=stop)
+        return [(questions[r.index], s.text) for r in sampler.generate(prompt_list, params) for s in r.samples]
+
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(models, "policy"))
+    stop = chat_templates.internvl_stop_token_ids(tok)
+    tiles = [tile_image(world.draw(q.scene), TilingConfig(tile_size=world.IMAGE_SIZE, max_tiles=12)) for q in questions]
+
+    def image_prompt(text, t):
+        return Prompt(tokens=chat_templates.internvl_prompt_ids(tok, text, num_tiles=[1], tokens_per_tile=4,
+                                                                system_message=prompts.default_system), pixel_values=t)
+
+    def solved(pairs):
+        return float(np.mean([score_trajectory(str(q.answer), text).reward for q, text in pairs]))
+
+    def exact(pairs):
+        return float(np.mean([text.strip() == world.describe(q.scene) for q, text in pairs]))
+
+    captions = [image_prompt(prompts.caption, t) for t in tiles]
+    direct = [image_prompt(q.text, t) for q, t in zip(questions, tiles)]
+    text = [Prompt(tokens=chat_templates.internvl_prompt_ids(
+        tok, prompts.reasoning_prompt(q.text, world.describe(q.scene)), system_message=prompts.default_system))
+        for q in questions]
+    reasoner = [Prompt(tokens=chat_templates.chat_prompt_ids(
+        tok, [{"role": "user", "content": prompts.reasoning_prompt(q.text, world.describe(q.scene))}]))
+        for q in questions]
+    out = {
+        "caption_exact_greedy": exact(run("policy", captions, 1, 0.0, 1.0, stop)),
+        "caption_exact_sampled": exact(run("policy", captions, 4, 1.0, 0.8, stop)),
+        "direct_pass_at_1": solved(run("policy", direct, 4, 1.0, 0.8, stop)),
+        "policy_text_solving_greedy": solved(run("policy", text, 1, 0.0, 1.0, stop)),
+        "reasoner_solving_sampled": solved(run("reasoner", reasoner, 4, 0.6, 0.95,
+                                               chat_templates.stop_token_ids(tok))),
+    }
+    for name, value in out.items():
+        print(f"{name}: {100 * value:.1f}% ({count} held-out questions)")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--out", default=os.path.join(here, "sophia_jax", "demo_models"))
     parser.add_argument("--scale", type=float, default=1.0, help="data size factor (1 = the shipped models)")
+    parser.add_argument("--check", action="store_true", help="only measure the models in --out")
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from sophia_jax.sophia import world
 
+    if args.check:
+        check(args.out)
+        return 0
     start = time.perf_counter()
     tok = world.tokenizer()
     os.makedirs(args.out, exist_ok=True)
@@ -289,6 +361,7 @@ def main(argv=None) -> int:
     for name, value in sums.items():
         print(f"{name}: sha256 of parameter values {value}")
     print(f"total {time.perf_counter() - start:.0f}s; models in {args.out}")
+    check(args.out)
     return 0
 
 

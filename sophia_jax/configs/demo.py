@@ -23,7 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     quick = arg == "quick"
     cfg = ml_collections.ConfigDict()
     cfg.dir = ""  # where the world, the store, the training runs and the results go ('' = a new temporary directory)
-    cfg.questions = 12 if quick else 400  # training questions for generate (two with broken images are added)
+    cfg.questions = 32 if quick else 400  # training questions for generate (two with broken images are added)
     cfg.questions_per_image = 2  # questions asked about each training image
     cfg.heldout = 12 if quick else 300  # held-out questions, on images no stage trains on
     cfg.policy = ""  # policy checkpoint ('' = the shipped sophia_jax/demo_models/policy)
