@@ -19,7 +19,7 @@ from sophia_jax.errors import UserError
 
 # name -> ("module:function", help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
-    "demo": ("sophia_jax.demo:main", "the SOPHIA behaviour model end to end on a toy world (CPU, ~1 min)"),
+    "demo": ("sophia_jax.demo:main", "SOPHIA learning on a generated visual-math world, with Table 5 ablations"),
     "forward": ("sophia_jax.forward:main", "one jitted forward pass of a model preset: shapes and timing"),
     "generate": ("sophia_jax.sophia.commands:generate_main", "SOPHIA behaviour model: captions, reasoning, rewards, store"),
     "select": ("sophia_jax.sophia.commands:select_main", "re-select stored trajectories with another alpha / Keep-N"),

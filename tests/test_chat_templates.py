@@ -70,3 +70,16 @@ def test_reasoner_template_comes_from_the_tokenizer(tok):
 def test_unknown_template_lists_known_ones():
     with pytest.raises(ct.TemplateError, match="internvl2_5"):
         ct.get_template("llava")
+
+
+def test_tiny_tokenizer_phrases_and_space_words():
+    phrase = "Write a complete description of this image."
+    tok = tiny_tokenizer(image_token_id=None, words=("red", "circle", "\\boxed{3}", "."), phrases=(phrase,),
+                         space_words=True)
+    text = f"{phrase}\nred circle red \\boxed{{3}}."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == [phrase, "\n", "red", " circle", " red", " \\boxed{3}", "."]
+    assert tok.decode(ids) == text
+    plain = tiny_tokenizer(image_token_id=None, words=("red", "circle"))
+    assert plain.convert_ids_to_tokens(plain("red circle", add_special_tokens=False)["input_ids"]) == \
+        ["red", " ", "circle"]

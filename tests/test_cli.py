@@ -32,14 +32,40 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("sophia-jax 0.")
 
 
-def test_demo_runs_the_behaviour_model_end_to_end_and_train_reads_its_store(tmp_path, capsys):
-    """The README's main command: toy world -> sophia-jax generate -> select; then the training
-    contract: ``train:runlocal`` on ``D/store`` finds the policy by itself and writes ``O/final``."""
-    assert cli.main(["demo", "--dir", str(tmp_path), "--questions", "3"]) == 0  # the pre-config flags still work
+def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
+    """The README's main command, shrunken (``demo:quick``): base pass@1 -> generate -> selections ->
+    four trainings -> pass@1 each -> table, JSON, PNG. Every figure of the table is recomputed here
+    from what the run left on disk. Then the training contract: ``train:runlocal`` on ``D/store``
+    finds the policy by itself and writes ``O/final``."""
+    import json
+
+    from PIL import Image
+
+    from sophia_jax.data.trajectory_store import TrajectoryStore
+    from sophia_jax.sophia import selection
+
+    assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path), "--questions", "32"]) == 0
     out = capsys.readouterr().out
-    assert "questions: 5 read, 3 processed, 2 skipped {'bad_image': 2}" in out
-    assert "selection 'alpha0-keep2' written" in out
-    assert (tmp_path / "store" / "manifest.json").exists()
+    assert all(f"] {i}/6 " in out for i in range(1, 7))
+    assert "questions: 34 read, 32 processed, 2 skipped {'bad_image': 2}" in out
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    assert list(rows) == ["base", "random", "no_caption_reward", "no_shortest", "sophia"]
+    for name, row in rows.items():  # pass@1 is the mean verdict of that policy's held-out samples
+        verdicts = [json.loads(line)["correct"] for line in open(tmp_path / "results" / f"heldout-{name}.jsonl")]
+        assert len(verdicts) == 12 * 2 and row["pass_at_1"] == sum(verdicts) / len(verdicts)
+    store = TrajectoryStore(tmp_path / "store", clean_on_open=False)
+    index = list(store.iter_index())
+    assert len(index) == 32 * 4 * 4
+    assert rows["sophia"]["trajectories"] == len(selection.select(index, alpha=0.75, keep=1))
+    assert rows["no_caption_reward"]["trajectories"] == len(selection.select(index, alpha=0.0, keep=1))
+    assert rows["random"]["trajectories"] == 32 and sorted(store.selections()) == \
+        ["no_caption_reward", "no_shortest", "random"]
+    assert rows["sophia"]["kept_correct"] in (None, 1.0) and rows["no_shortest"]["kept_correct"] in (None, 1.0)
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "+ SOPHIA w/o CR" in table and f"{100 * rows['base']['pass_at_1']:.1f}%" in table
+    assert Image.open(tmp_path / "results" / "demo.png").size == (1100, 440)
+
     run = tmp_path / "train"
     assert cli.main(["train", "--config", "train:runlocal", f"--config.data.store={tmp_path / 'store'}",
                      f"--config.output_dir={run}", "--config.log.progress=False"]) == 0

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from sophia_jax.sophia.selection import caption_rewards, select
+from sophia_jax.sophia.selection import caption_rewards, select, select_random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +78,24 @@ def test_keep_two_tie_break_order_caption_before_trajectory():
     rows = table("q", [[1, 1, 1], [1, 1, 1]], [[5, 9, 9], [5, 5, 9]])
     assert select(rows, alpha=0.5, keep=3) == {("q", 0, 0), ("q", 1, 0), ("q", 1, 1)}
     assert select(rows, alpha=0.5, keep=4) == {("q", 0, 0), ("q", 1, 0), ("q", 1, 1), ("q", 0, 1)}
+
+
+def test_without_shortest_draws_a_seeded_random_qualifier():
+    lengths = [[50, 40, 90, 10], [30, 20, 60, 70]]
+    rows = table("q", [[1, 1, 1, 0], [1, 1, 1, 1]], lengths)
+    qualifying = {("q", 0, 0), ("q", 0, 1), ("q", 0, 2), ("q", 1, 0), ("q", 1, 1), ("q", 1, 2), ("q", 1, 3)}
+    draws = [select(rows, alpha=0.7, keep=1, shortest=False, seed=s) for s in range(40)]
+    assert all(len(d) == 1 and d <= qualifying for d in draws)
+    assert len({next(iter(d)) for d in draws}) >= 4  # not always the same one, unlike the shortest rule
+    assert draws[3] == select(list(reversed(rows)), alpha=0.7, keep=1, shortest=False, seed=3)  # order-free
+    assert select(rows, alpha=0.8, keep=9, shortest=False) == {k for k in qualifying if k[1] == 1}
+
+
+def test_random_baseline_ignores_correctness_and_caption_rewards():
+    rows = table("a", [[0, 0], [0, 0]]) + table("b", [[1, 0], [0, 1]])
+    picked = select_random(rows, keep=1, seed=0)
+    assert sorted(k[0] for k in picked) == ["a", "b"]  # one per question, even with nothing correct
+    wrong = sum(select_random(table("c", [[1, 0, 0, 0]]), seed=s) != {("c", 0, 0)} for s in range(40))
+    assert 20 < wrong < 40  # about 3 in 4 draws pick a wrong trajectory
+    assert select_random(rows, keep=2, seed=5) == select_random(list(reversed(rows)), keep=2, seed=5)
+    assert len(select_random(rows, keep=9)) == len(rows)

@@ -5,7 +5,9 @@ Sources (each a random-access list of :class:`Item`; index 0 is always the traje
 * :class:`StoreSource` -- SOPHIA trajectories from a :class:`TrajectoryStore`, either the
   records the generate run selected itself (``selection=""``: their ``selected`` flag) or a
   stored selection by name (``sophia-jax select``). Reward = the record's outcome reward, which
-  Eq. 6 makes 1 for every selected trajectory.
+  Eq. 6 makes 1 for every selected trajectory, unless the stored selection fixes its records'
+  reward in its metadata (``{"dataset_reward": 1.0}``): the Random baseline of Table 5 trains
+  on trajectories drawn regardless of their correctness.
 * :class:`TextSource` -- text-only reasoning trajectories, JSONL ``{"question", "response",
   "system"?, "id"?}`` (field names overridable). Reward 1.
 * :class:`VqaSource` -- general VQA, JSONL or parquet ``{"image", "question", "response"}``
@@ -135,8 +137,10 @@ class StoreSource:
                                 f"a finished shard, as (shard, record): {missing[:10]}")
             keys = list(sel.keys)
             what = f"selection {selection!r}"
+            self._reward = sel.meta.get("dataset_reward")
         else:
             keys = [(r.shard_id, r.record_index) for r in store.iter_index() if r.selected]
+            self._reward = None
             what = "the generate run's own selection (records with selected=true)"
         if not keys:
             raise DataError(f"trajectory store {root!r}: {what} is empty; nothing to train on")
@@ -166,7 +170,8 @@ class StoreSource:
         else:
             image = ImageRef(path=Path(r.image_ref), origin=rid)
         return Item(record_id=rid, question=format_question(r.question, r.choices), response=r.trajectory,
-                    image=image, reward=r.outcome_reward, behaviour_logprobs=r.trajectory_raw_logprobs)
+                    image=image, reward=r.outcome_reward if self._reward is None else float(self._reward),
+                    behaviour_logprobs=r.trajectory_raw_logprobs)
 
 
 def _inline_images(path: str, image_field: str) -> dict[str, bytes]:

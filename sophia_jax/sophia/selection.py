@@ -8,6 +8,7 @@ inside the generation job and in ``sophia-jax select`` over a finished store.
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Hashable, Iterable, Protocol
 
 
@@ -34,16 +35,7 @@ def caption_rewards(records: Iterable[Scored]) -> dict[tuple[str, int], float]:
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def select(records: Iterable[Scored], *, alpha: float, keep: int) -> set[Key]:
-    """Keys of the selected trajectories.
-
-    A trajectory qualifies when it is correct (reward 1) and its caption's reward is strictly
-    above ``alpha``; per question the ``keep`` shortest qualifying ones (by policy-tokenizer
-    length) are kept. Ties in length go to the lower caption, then trajectory index, so the
-    choice is deterministic.
-    """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
+def _unique(records: Iterable[Scored]) -> list[Scored]:
     records = list(records)
     seen: set[Hashable] = set()
     for r in records:
@@ -51,6 +43,26 @@ def select(records: Iterable[Scored], *, alpha: float, keep: int) -> set[Key]:
         if k in seen:
             raise ValueError(f"duplicate trajectory {k}")
         seen.add(k)
+    return records
+
+
+def _draw(seed: int, r: Scored) -> bytes:
+    """A seeded pseudo-random rank of a trajectory that does not depend on the records' order."""
+    return hashlib.sha256(f"{seed}:{r.question_id}:{r.caption_index}:{r.trajectory_index}".encode()).digest()
+
+
+def select(records: Iterable[Scored], *, alpha: float, keep: int, shortest: bool = True, seed: int = 0) -> set[Key]:
+    """Keys of the selected trajectories.
+
+    A trajectory qualifies when it is correct (reward 1) and its caption's reward is strictly
+    above ``alpha``; per question the ``keep`` shortest qualifying ones (by policy-tokenizer
+    length) are kept. Ties in length go to the lower caption, then trajectory index, so the
+    choice is deterministic. ``shortest=False`` keeps ``keep`` qualifying ones drawn at random
+    (seeded) instead: the paper's "w/o S" ablation (Table 5).
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    records = _unique(records)
     reward_of_caption = caption_rewards(records)
     by_question: dict[str, list[Scored]] = collections.defaultdict(list)
     for r in records:
@@ -58,6 +70,24 @@ def select(records: Iterable[Scored], *, alpha: float, keep: int) -> set[Key]:
             by_question[r.question_id].append(r)
     chosen: set[Key] = set()
     for candidates in by_question.values():
-        candidates.sort(key=lambda r: (r.trajectory_policy_tokens, r.caption_index, r.trajectory_index))
+        if shortest:
+            candidates.sort(key=lambda r: (r.trajectory_policy_tokens, r.caption_index, r.trajectory_index))
+        else:
+            candidates.sort(key=lambda r: _draw(seed, r))
+        chosen.update(key_of(r) for r in candidates[:keep])
+    return chosen
+
+
+def select_random(records: Iterable[Scored], *, keep: int = 1, seed: int = 0) -> set[Key]:
+    """``keep`` trajectories per question drawn at random (seeded), correct or not: the paper's
+    "Random" baseline (Table 5; sophia-method.md section 7 item 17)."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    by_question: dict[str, list[Scored]] = collections.defaultdict(list)
+    for r in _unique(records):
+        by_question[r.question_id].append(r)
+    chosen: set[Key] = set()
+    for candidates in by_question.values():
+        candidates.sort(key=lambda r: _draw(seed, r))
         chosen.update(key_of(r) for r in candidates[:keep])
     return chosen

@@ -216,6 +216,23 @@ def test_bad_records_are_skipped_and_named(tmp_path):
     assert [rid for _, meta in p for row in meta for rid, _ in row] == ["ok/0/0"]
 
 
+def test_a_selection_may_fix_the_dataset_reward(tmp_path):
+    """Table 5's Random baseline trains on drawn trajectories whatever their outcome: a stored selection
+    with ``dataset_reward`` gives its records that weight; otherwise a wrong one carries no loss."""
+    image = write_image(tmp_path / "a.png", (50, 50))
+    s = TrajectoryStore(tmp_path / "s")
+    s.write_shard(0, [record("right", image, RESPONSES[0]), record("wrong", image, RESPONSES[2], reward=0.0)])
+    s.write_selection("outcome", [(0, 0), (0, 1)])
+    s.write_selection("drawn", [(0, 0), (0, 1)], meta={"dataset_reward": 1.0})
+    plain = pipeline(data_cfg(str(tmp_path / "s"), selection="outcome", shuffle=False), rows=1)
+    assert [(x["id"], x["reason"]) for x in plain.report()["skipped"]] == [("wrong/0/0", "zero_reward")]
+    drawn = pipeline(data_cfg(str(tmp_path / "s"), selection="drawn", shuffle=False), rows=1)
+    arrays, meta = next(iter(drawn))
+    assert [rid for rid, _ in meta[0]] == ["right/0/0", "wrong/0/0"] and drawn.report()["skipped"] == []
+    weights = arrays["loss_weights"][0]
+    assert set(np.unique(weights[arrays["segment_ids"][0] == 2])) == {0.0, 1.0}  # the wrong one trains at weight 1
+
+
 def test_bad_stores_raise_one_clear_error(tmp_path, store):
     with pytest.raises(DataError, match="does not exist"):
         pipeline(data_cfg(str(tmp_path / "nothing")))
