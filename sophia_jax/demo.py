@@ -68,61 +68,49 @@ class Clock:
 
 
 class HeldOut:
-    """pass@1 on held-out questions with the project's sampler and verifier.
+    """pass@1 on the held-out questions: the eval core (``evaluation.evaluate``) over one sampler.
 
-    A minimal stand-in until ``sophia-jax eval`` lands: the policy's own chat format (InternVL's
-    default system prompt, which is also what training used for these non-``<think>``
-    trajectories), ``samples`` samples per question at the paper's evaluation decoding, each
-    judged by the verifier; pass@1 is the mean correctness. One sampler serves every policy of
-    the same architecture: ``score(checkpoint)`` swaps the weights without recompiling.
+    The policy's own chat format (InternVL's default system message, which is also what training
+    used for these non-``<think>`` trajectories), ``samples`` samples per question at the paper's
+    evaluation decoding, each judged by the verifier; pass@1 is the mean correctness. Every trained
+    policy has the base policy's architecture, so ``score(checkpoint)`` swaps the sampler's weights
+    without recompiling.
     """
 
-    def __init__(self, policy: str, questions_path: str, eval_cfg, *, mesh, verifier, seed: int):
-        import transformers
+    ROWS = 128  # sampler rows: every held-out sample of the full demo in a few decode calls
 
-        from sophia_jax import checkpoint
-        from sophia_jax.data import chat_templates
-        from sophia_jax.data.datasets import read_questions
-        from sophia_jax.data.images import TilingConfig
-        from sophia_jax.models.config import RuntimeConfig
-        from sophia_jax.sampling import Prompt, Sampler, SamplerConfig, SamplingParams
-        from sophia_jax.sophia.prompts import Prompts, format_question
+    def __init__(self, policy: str, questions_path: str, eval_cfg, *, mesh, verifier, seed: int):
+        from sophia_jax.evaluation import EvalSettings
+        from sophia_jax.evaluation.benchmarks import items_from_questions
+        from sophia_jax.sampling.load import load_sampler
 
         self.mesh, self.verifier = mesh, verifier
-        self.runtime = RuntimeConfig(dtype="float32", param_dtype="float32")
-        model = checkpoint.load(policy, mesh=mesh, runtime=self.runtime)
-        tok = transformers.AutoTokenizer.from_pretrained(policy)
-        tiling = TilingConfig(tile_size=model.config.vision.image_size, max_tiles=12)
-        system = Prompts.load().default_system
-        self.questions = list(read_questions(questions_path))
-        self.prompts = []
-        for q in self.questions:
-            tiles = q.image_ref.load(tiling)
-            ids = chat_templates.internvl_prompt_ids(tok, format_question(q.question, q.choices, q.hint),
-                                                     num_tiles=[len(tiles)],
-                                                     tokens_per_tile=model.config.tokens_per_tile,
-                                                     system_message=system)
-            self.prompts.append(Prompt(tokens=ids, pixel_values=tiles))
-        rows = 128
-        self.sampler = Sampler(model, SamplerConfig(
-            batch_size=rows, buckets=(64, 128, 256, 512), cache_dtype="float32", tile_budget=16, decode_chunk=32,
-            kv_budget=rows * 512, block_size=16, pad_id=int(tok.pad_token_id or 0)), mesh=mesh, tokenizer=tok)
-        self.params = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
-                                     top_p=eval_cfg.top_p, n=eval_cfg.samples, seed=seed,
-                                     stop_token_ids=chat_templates.internvl_stop_token_ids(tok))
+        self.items = items_from_questions(questions_path, benchmark="heldout").items
+        section = {"batch_size": self.ROWS, "buckets": (64, 128, 256, 512), "cache_dtype": "float32",
+                   "tile_budget": 16, "decode_chunk": 32, "progress": False, "kv_budget": self.ROWS * 512,
+                   "block_size": 16}
+        self.policy = load_sampler(policy, section, dtype="float32", mesh=mesh)
+        self.settings = EvalSettings(k=eval_cfg.samples, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+                                     max_new_tokens=eval_cfg.max_new_tokens, seed=seed, chunk=len(self.items))
 
     def score(self, policy: str | None = None) -> tuple[float, list[dict]]:
         """(pass@1, one row per sample) of ``policy`` (default: the one this was built with)."""
         from sophia_jax import checkpoint
+        from sophia_jax.evaluation import ItemResult, evaluate
+        from sophia_jax.models.config import RuntimeConfig
 
         if policy is not None:
-            self.sampler.update_params(checkpoint.load(policy, mesh=self.mesh, runtime=self.runtime))
-        results = self.sampler.generate(self.prompts, self.params)
-        samples = [(self.questions[r.index], s) for r in results for s in r.samples]
-        rewards = self.verifier.score([(q.answer, s.text, q.choices) for q, s in samples])
-        rows = [{"id": q.id, "answer": q.answer, "output": s.text, "extracted": r.extracted, "correct": r.reward}
-                for (q, s), r in zip(samples, rewards)]
-        return sum(r.reward for r in rewards) / max(len(rewards), 1), rows
+            model = checkpoint.load(policy, mesh=self.mesh, runtime=RuntimeConfig(dtype="float32",
+                                                                                 param_dtype="float32"))
+            self.policy.sampler.update_params(model)
+            self.policy.model = model
+        results = evaluate(self.policy, self.items, self.settings, verifier=self.verifier)
+        skipped = [r for r in results if not isinstance(r, ItemResult)]
+        if skipped:  # the world draws every image itself: a skip is a bug, not bad input
+            raise RuntimeError(f"held-out items skipped: {skipped[:3]}")
+        rows = [{"id": r.id, "answer": r.gold, "output": s.output, "extracted": s.extracted, "correct": s.correct}
+                for r in results for s in r.samples]
+        return sum(r["correct"] for r in rows) / max(len(rows), 1), rows
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -260,7 +248,7 @@ def run(cfg) -> str:
     from sophia_jax import sharding
     from sophia_jax.configs.demo import SETTINGS
     from sophia_jax.errors import UserError
-    from sophia_jax.verify import VerifierPool
+    from sophia_jax.verify import EVAL_SCORER, VerifierPool
 
     unknown = [s for s in cfg.settings if s not in SETTINGS]
     if unknown:
@@ -277,7 +265,7 @@ def run(cfg) -> str:
     clock.stage("world", "1/6 the world")
     heldout_path, train_path, train_questions = write_world(root, cfg)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=-1, tensor=1), jax.local_devices())
-    with VerifierPool(num_workers=1, timeout=10.0) as verifier:
+    with VerifierPool(num_workers=1, timeout=10.0, scorer=EVAL_SCORER) as verifier:
         clock.stage("base pass@1", f"2/6 base pass@1 on {cfg.heldout} held-out questions ({cfg.eval.samples} samples each)")
         heldout = HeldOut(policy, heldout_path, cfg.eval, mesh=mesh, verifier=verifier, seed=cfg.seed)
         base, outputs = heldout.score()
