@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 
 # chips per host and HBM per chip (GiB); the generate stage samples on each host's own chips.
-# topology: the name `sophia-jax aot` compiles for (v5p-64 counts TensorCores: 32 chips).
+# topology: the name `sophia-jax aot` compiles the train step for (v5p-64 counts TensorCores: 32
+# chips); host_topology: one host's chips, which it compiles the sampler's programs for.
 SLICES = {
-    "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8, "topology": "v5p:2x4x4"},
-    "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8, "topology": "v6e:4x8"},
+    "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8, "topology": "v5p:2x4x4", "host_topology": "v5p:2x2x1"},
+    "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8, "topology": "v6e:4x8", "host_topology": "v6e:2x2"},
 }
 
 # train / warmup: FSDP over every chip, one 32,768-token packed row per chip per micro-batch
@@ -45,6 +46,7 @@ def experiment(stage: str, model: str, slice_name: str):
         cfg.sampler.cache_dtype = "bfloat16"
         cfg.attention = "fused"  # the TPU paged-attention kernel in decode
         cfg.policy.name = model
+        cfg.aot.topology, cfg.aot.policy = facts["host_topology"], model  # what `sophia-jax aot` compiles for
     elif stage in ("train", "warmup"):
         chips = facts["chips_per_host"] * facts["hosts"]
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1

@@ -27,7 +27,7 @@ COMMANDS = {
     "warmup": ("sophia_jax.training.commands:warmup_main", "warm-up fine-tuning of the policy on general VQA data"),
     "eval": ("sophia_jax.evaluation.commands:eval_main", "benchmark pass@1 / pass@k from the published files (resumable)"),
     "convert": ("sophia_jax.checkpoint.convert:main", "Hugging Face checkpoint -> Orbax"),
-    "aot": ("sophia_jax.aot:aot_main", "compile a training stage's step for a TPU slice from this host: memory, FLOPs, MFU"),
+    "aot": ("sophia_jax.aot:aot_main", "compile a stage's train step or sampler programs for a TPU slice from this host: memory, FLOPs, time"),
     "export": ("sophia_jax.checkpoint.export:main", "Orbax checkpoint -> Hugging Face (transformers-native)"),
 }
 

@@ -1,10 +1,16 @@
-"""``sophia_jax.aot``: the real train step compiles for a small TPU slice on CPU (needs libtpu)."""
+"""``sophia_jax.aot``: the real train step and the sampler's programs compile for a small TPU
+slice on CPU (needs libtpu), and the report's figures follow from the compiled programs."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from sophia_jax import aot, sharding
 from sophia_jax.configs.loading import load
 from sophia_jax.errors import UserError
+from sophia_jax.models import CausalLM, RuntimeConfig
 
 TINY = ["--config.data.seq_len=128", "--config.train.micro_rows=4", "--config.data.tiles_per_row=2",
         "--config.loss.chunk_tokens=64"]
@@ -37,3 +43,82 @@ def test_aot_exits_nonzero_when_a_program_does_not_fit(capsys):
 def test_unknown_topology_is_a_user_error():
     with pytest.raises(UserError, match="v9x"):
         aot.chip_of("v9x:2x2")
+
+
+def test_roofline_where_xla_prices_sparsecore_calls_negative():
+    """On v5p XLA offloads the loss's scatter-adds to the SparseCores and its cost model prices
+    each such call at -1 s; the report falls back to the roofline of the program's own counts."""
+    devices = aot.topology_devices("v5p:2x2x1")
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 4, 1), devices)
+    cfg, chip = load("train:runlocal", TINY), aot.CHIPS["v5p"]
+    captured = {}
+
+    def spy(name, compiled, chip, **extra):
+        captured.update(cost=compiled.cost_analysis(), hlo=compiled.as_text())
+        return report(name, compiled, chip, **extra)
+
+    report, aot._report = aot._report, spy
+    try:
+        train = aot._compile_train_step(cfg, aot._arch("tiny"), mesh, chip)
+    finally:
+        aot._report = report
+    cost, hlo = captured["cost"], captured["hlo"]
+    offloaded = hlo.count('call-start(')
+    assert offloaded and 'async_execution_thread="sparsecore"' in hlo
+    assert cost["optimal_seconds"] == pytest.approx(-offloaded, abs=0.01)
+    roofline = (max(cost["flops"] / chip.peak_bf16_flops, cost["bytes accessed"] / chip.hbm_bandwidth)
+                + aot.collective_bytes(hlo) / chip.ici_bandwidth)
+    assert train.estimate == "roofline" and train.seconds == pytest.approx(roofline) and 0 < train.mfu < 1
+    assert aot.collective_bytes(hlo) > 0 and "roofline" in train.row()
+
+
+def test_collective_bytes_counts_a_known_all_gather():
+    devices = aot.topology_devices("v5p:2x2x1")
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("x",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=split)
+    hlo = jax.jit(lambda x: x * 2, out_shardings=whole).lower(x).compile().as_text()
+    assert aot.collective_bytes(hlo) == 64 * 256 * 4  # the gathered array, once
+
+
+GENERATE = ["--config.aot.topology=v5p:2x2x1", "--config.mesh.tensor=2", "--config.attention=fused",
+            "--config.aot.policy=tiny", "--config.aot.reasoner=tiny_qwen3",
+            "--config.aot.prompt_tokens.policy=100", "--config.aot.prompt_tokens.reasoner=60"]
+
+
+def test_sampler_programs_compile_for_a_tpu_slice():
+    """The generate stage's prefill and decode (the sampler's own jitted programs) for one host's
+    4 chips: rows over fsdp 2, heads over tensor 2; the decode's bandwidth bound by hand."""
+    cfg = load("generate:runlocal", GENERATE)
+    devices = aot.topology_devices(cfg.aot.topology)
+    mesh, chip = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), devices), aot.CHIPS["v5p"]
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
+    prefill, decode = aot.compile_sampler(cfg, "reasoner", aot._arch("tiny_qwen3"), mesh, chip)
+    # 8 rows of n = 2 samples: the first prefill takes 4 prompts; 59 tokens go in the 128 bucket.
+    assert prefill.name == "reasoner prefill 4x128" and prefill.tokens == 4 * 128
+    text = aot._arch("tiny_qwen3")
+    model = CausalLM(text, RuntimeConfig(dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0))
+    leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+              if path[0].key != "embed"]  # untied: a step reads one embedding row per sequence
+    # Matrices are split over the 2 tensor shards, vectors (norms) are not; float32 weights.
+    weights = sum(x.size // 2 if x.ndim > 1 else x.size for x in leaves) * 4
+    # A full pool: 16,384 tokens x 2 layers x (k, v) x 1 of 2 KV heads x 32 dims x 4 bytes, over 2 row shards.
+    kv = 16384 * text.num_layers * 2 * (text.num_kv_heads // 2) * text.head_dim * 4 // 2
+    assert decode.bandwidth_bound_seconds == pytest.approx((weights + kv) / chip.hbm_bandwidth, rel=1e-12)
+    assert decode.tokens == 8 and decode.seconds > decode.bandwidth_bound_seconds > 0
+    # XLA counts one trip of the decode loop: at least one token per row through the matrices
+    # (4 rows per chip, the matmuls halved by tensor), far from the call's 16.
+    one_step = 2 * sum(x.size for x in leaves if x.ndim > 1) * 8 / mesh.size
+    assert one_step <= decode.flops < 4 * one_step
+    for report in (prefill, decode):
+        assert report.fits and report.flops > 0 and report.seconds > 0 and "tok/s" in report.row()
+    assert "HBM-bw bound" in decode.row()
+
+
+def test_aot_dispatches_a_generate_config_to_the_sampler(capsys):
+    assert aot.aot_main(["--config", "generate:runlocal", *GENERATE]) == 0
+    out = capsys.readouterr().out
+    for role in ("policy", "reasoner"):
+        assert f"{role} decode step, 8 rows" in out and f"{role} prefill" in out
+    assert "policy prefill 1x128 +16 tiles" in out  # 13-tile prompts: one fits the 16-tile budget

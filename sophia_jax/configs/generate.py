@@ -101,6 +101,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     cfg.distributed = distributed_section()  # several hosts: how jax.distributed starts
 
+    # `sophia-jax aot --config <this config>`: the TPU chips of one host to compile the sampler's
+    # prefill and decode programs for (each host samples with its own model copy; needs the tpu
+    # extra, reads no weights), the architecture presets, and the prompt lengths the prefill
+    # bucket and the decode block table are sized for: a caption prompt (policy.max_tiles + 1
+    # tiles of 256 tokens and the question) and a reasoning prompt (question and caption).
+    cfg.aot = ml_collections.ConfigDict({
+        "topology": "v5p:2x2x1", "policy": "internvl3_8b", "reasoner": "qwq_32b",
+        "prompt_tokens": {"policy": 4096, "reasoner": 2048},
+    })
+
     if arg == "runlocal":  # a CPU smoke run: tiny generation caps, float32, small batches
         for role in (cfg.policy, cfg.reasoner):
             role.sampling.n = 2

@@ -1,4 +1,5 @@
-"""Model presets: the four SOPHIA base models and tiny variants for tests and CPU demos.
+"""Model presets: the four SOPHIA base models, the QwQ-32B-size reasoner and tiny variants for tests
+and CPU demos.
 
 ``get_config("internvl3_8b")`` returns an ml_collections ConfigDict with sections ``model``
 (architecture, as in the checkpoint), ``runtime`` (dtypes, attention kernel) and ``mesh``.
@@ -37,6 +38,9 @@ QWEN25_7B = TextConfig(
 QWEN25_32B = dataclasses.replace(
     QWEN25_7B, hidden_size=5120, num_layers=64, num_heads=40, num_kv_heads=8, intermediate_size=27648,
 )
+# The reasoner's size: QwQ-32B is a Qwen2 decoder of Qwen2.5-32B's shape with a 152,064-entry
+# vocabulary and plain RoPE. For sizing (``sophia-jax aot``); a checkpoint brings its own config.json.
+QWQ_32B = dataclasses.replace(QWEN25_32B, vocab_size=152064, rope_scaling=RopeScaling())
 INTERNLM25_7B = TextConfig(
     vocab_size=92553, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
     intermediate_size=14336, rms_norm_eps=1e-5, rope_theta=1e6, rope_scaling=DYNAMIC_X2, qkv_bias=False,
@@ -56,6 +60,7 @@ PRESETS: dict[str, InternVLConfig | TextConfig] = {
     "internvl2_5_38b": InternVLConfig(vision=VIT_6B, text=QWEN25_32B, image_token_id=QWEN_IMAGE_TOKEN),
     "internvl3_8b": InternVLConfig(vision=VIT_300M, text=QWEN25_7B, image_token_id=QWEN_IMAGE_TOKEN),
     "internvl3_38b": InternVLConfig(vision=VIT_6B, text=QWEN25_32B, image_token_id=QWEN_IMAGE_TOKEN),
+    "qwq_32b": QWQ_32B,
     "tiny": InternVLConfig(vision=_TINY_VIT, text=_TINY_TEXT, image_token_id=500),
     "tiny_6b": InternVLConfig(
         vision=dataclasses.replace(_TINY_VIT, norm_type="rms_norm", qkv_bias=False, qk_norm=True),

@@ -114,13 +114,17 @@ def init_state(config, seed, max_new, *, rows: int, chunk: int, num_blocks: int,
     )
 
 
+def map_axes(fn, state: DecodeState) -> DecodeState:
+    """``fn(leaf, logical axes)`` over every leaf: rows over the batch axes, the pool's KV heads
+    over tensor (``paged.POOL_AXES``), scalars replicated. The one layout of the state: the programs
+    constrain to it and the sampler puts a fresh state in it, so every call sees the same shardings."""
+    rows = lambda x: fn(x, ("batch",) + (None,) * (x.ndim - 1) if x.ndim else ())  # noqa: E731
+    return jax.tree.map(rows, state.replace(pool=None)).replace(pool=[fn(x, paged.POOL_AXES) for x in state.pool])
+
+
 def _constrain_rows(state: DecodeState) -> DecodeState:
-    """Rows over data/fsdp, KV heads over tensor (a no-op outside ``sharding.use_mesh``)."""
-    batch = lambda x: sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))  # noqa: E731
-    rest = {name: batch(getattr(state, name))
-            for name in ("length", "last_token", "generated", "done", "stopped", "stop_ids", "out_tokens",
-                         "out_logprobs", "out_raw")}
-    return state.replace(pool=paged.constrain_pool(state.pool), **rest)
+    """``map_axes``'s layout as sharding constraints (a no-op outside ``sharding.use_mesh``)."""
+    return map_axes(sharding.constrain, state)
 
 
 def prefill(graphdef: nnx.GraphDef, params: nnx.State, pool: list, batch: PrefillBatch, *, cache_dtype: str) -> list:

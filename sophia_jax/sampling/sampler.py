@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 import time
 from typing import Iterable, Iterator, Sequence
@@ -217,7 +216,8 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"prompt of {length} tokens is longer than the largest bucket {max(buckets)}; buckets: {buckets}")
 
 
-def _mode(params: SamplingParams, vocab: int) -> strategy.Mode:
+def sampling_mode(params: SamplingParams, vocab: int) -> strategy.Mode:
+    """The static switches of the decode program for ``params``."""
     if params.temperature <= 0:
         return strategy.Mode(greedy=True)
     k_cap = 0
@@ -253,6 +253,7 @@ class Sampler:
         if self.multimodal:
             self.image_token_id = model.config.image_token_id
             self.tokens_per_tile = model.config.tokens_per_tile
+            self.image_size = model.config.vision.image_size
         self.num_blocks = config.kv_budget // config.block_size + 1  # + the scratch block
         self.programs: set[tuple] = set()  # signatures this sampler has run
         self.buckets_used: set[int] = set()
@@ -340,12 +341,59 @@ class Sampler:
                 f"prompt {index}: {len(tokens)} tokens need {need} KV blocks of {bs} to start decoding, "
                 f"sampler kv_budget {self.config.kv_budget} holds {self.num_blocks - 1}; raise kv_budget")
 
-    def _put(self, x, axes=("batch",)):
-        """Host array -> device, batch dim over data/fsdp when there is a mesh."""
+    # -- layouts: the shapes and shardings of the programs' inputs (``aot`` compiles from them too) --
+
+    def sharding(self, shape: tuple[int, ...], axes=("batch",)) -> NamedSharding | None:
+        """Where an input of ``shape`` lives: its leading ``axes`` by the logical rules (batch over
+        data/fsdp), the rest replicated; None without a mesh."""
         if self.mesh is None:
-            return jnp.asarray(x)
-        spec = sharding.logical_to_spec(axes + (None,) * (np.ndim(x) - len(axes)), np.shape(x), self.mesh)
-        return jax.device_put(x, NamedSharding(self.mesh, spec))
+            return None
+        return NamedSharding(self.mesh, sharding.logical_to_spec(tuple(axes) + (None,) * (len(shape) - len(axes)),
+                                                                 shape, self.mesh))
+
+    def _put(self, x, axes=("batch",)):
+        """Host array -> device, placed by ``sharding``."""
+        where = self.sharding(np.shape(x), axes)
+        return jnp.asarray(x) if where is None else jax.device_put(x, where)
+
+    def table_width(self, longest_prompt: int, max_new_tokens: int) -> int:
+        """Blocks per row of the decode block table for a call whose longest prompt has ``longest_prompt`` tokens."""
+        return min(_pow2(_blocks(longest_prompt - 1 + max_new_tokens, self.config.block_size)), self.num_blocks)
+
+    def prefill_layout(self, bucket: int, prompts: int, images: bool) -> loop.PrefillBatch:
+        """One prefill's inputs as ``jax.ShapeDtypeStruct``s with their shardings: ``prompts`` prompts
+        padded to the next power of two (a ladder of prefill widths: few programs, little padding), in
+        ``bucket`` slots (rows over the batch axes) and, with ``images``, the tile budget's tiles."""
+        def spec(shape, dtype, axes=("batch",)):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=self.sharding(shape, axes))
+
+        tiles, count = self.config.tile_budget, _pow2(prompts)
+        return loop.PrefillBatch(
+            tokens=spec((count, bucket), jnp.int32), mask=spec((count, bucket), jnp.bool_),
+            pixel_values=spec((tiles, 3, self.image_size, self.image_size), jnp.float32, ()) if images else None,
+            tile_mask=spec((tiles,), jnp.bool_, ()) if images else None,
+            blocks=spec((count, _blocks(bucket, self.config.block_size)), jnp.int32))
+
+    def _init_state(self, seed, max_new) -> loop.DecodeState:
+        cfg = self.config
+        return loop.init_state(self.text_config, seed, max_new, rows=cfg.batch_size, chunk=cfg.decode_chunk,
+                               num_blocks=self.num_blocks, block_size=cfg.block_size, dtype=cfg.cache_dtype,
+                               stop_slots=MAX_STOP_TOKENS)
+
+    def state_shardings(self) -> loop.DecodeState | None:
+        """Where each leaf of the decode state lives: ``loop.map_axes``'s layout on this mesh (None without one)."""
+        if self.mesh is None:
+            return None
+        shapes = jax.eval_shape(self._init_state, np.uint32(0), np.int32(1))
+        return loop.map_axes(lambda x, axes: self.sharding(x.shape, axes), shapes)
+
+    def abstract_state(self) -> loop.DecodeState:
+        """The decode state (pool included) as ``jax.ShapeDtypeStruct``s with the shardings every call gets."""
+        shapes = jax.eval_shape(self._init_state, np.uint32(0), np.int32(1))
+        if self.mesh is None:
+            return shapes
+        return jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes,
+                            self.state_shardings())
 
     def _fresh_state(self, params: SamplingParams) -> loop.DecodeState:
         """All rows free; the pool of the previous call is reused (its contents are dead)."""
@@ -354,21 +402,20 @@ class Sampler:
         state = self._state
         shape_ok = state is not None and state.pool[0].dtype == jnp.dtype(cfg.cache_dtype)
         if not shape_ok:
+            # Born in its layout: a replicated pool would hold the whole KV budget on every chip.
+            init = jax.jit(self._init_state) if self.mesh is None else jax.jit(
+                self._init_state, out_shardings=self.state_shardings())
             with sharding.use_mesh(self.mesh):
-                state = jax.jit(functools.partial(
-                    loop.init_state, self.text_config, rows=cfg.batch_size, chunk=cfg.decode_chunk,
-                    num_blocks=self.num_blocks, block_size=cfg.block_size, dtype=cfg.cache_dtype,
-                    stop_slots=MAX_STOP_TOKENS))(seed, max_new)
+                state = init(seed, max_new)
         self._state = None
         if state.done.shape[0] != cfg.batch_size:  # the last call ended on fewer rows
             state = _select_rows(state.pool, state.replace(pool=None), np.arange(cfg.batch_size, dtype=np.int32))
         state = _reset(state, np.uint32(seed), np.int32(max_new))
-        # Committed, as the outputs of decode are: otherwise the first admit of a call would
-        # compile a second program (jit caches on committed-ness too).
+        # Committed and in the layout the programs' outputs have: otherwise the first admit of a call
+        # would compile a second program (jit caches on shardings and committed-ness).
         if self.mesh is None:
             return jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
-        replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        return jax.tree.map(lambda x: jax.device_put(x, replicated), state)
+        return jax.device_put(state, self.state_shardings())
 
     def _sample(self, row: _Row, stopped: bool) -> Sample:
         sample = Sample(tokens=np.asarray(row.tokens, np.int32), logprobs=np.asarray(row.logprobs, np.float32),
@@ -393,9 +440,8 @@ class _Run:
         self.s, self.prompts, self.params = sampler, prompts, params
         cfg = sampler.config
         self.bs, self.rows_n, self.chunk = cfg.block_size, cfg.batch_size, cfg.decode_chunk
-        self.mode = _mode(params, sampler.text_config.vocab_size)
-        longest = max(len(p.tokens) for p in prompts)
-        self.table_width = min(_pow2(_blocks(longest - 1 + params.max_new_tokens, self.bs)), sampler.num_blocks)
+        self.mode = sampling_mode(params, sampler.text_config.vocab_size)
+        self.table_width = sampler.table_width(max(len(p.tokens) for p in prompts), params.max_new_tokens)
         self.table = np.zeros((self.rows_n, self.table_width), np.int32)
         self.free = list(range(sampler.num_blocks - 1, 0, -1))  # block 0 is scratch
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].tokens))  # long first: errors early
@@ -494,15 +540,17 @@ class _Run:
 
     def _prefill(self, prompt_ids: list[int]) -> None:
         """One prefill call for prompts with something to prefill (a 1-token prompt has nothing)."""
-        s, bs = self.s, self.bs
+        s = self.s
         prompt_ids = [p for p in prompt_ids if self.prefixes[p].length > 0]
         if not prompt_ids:
             return
         bucket = bucket_for(max(self.prefixes[p].length for p in prompt_ids), s.config.buckets)
-        count = _pow2(len(prompt_ids))  # a ladder of prefill widths: few programs, little padding
-        tokens = np.full((count, bucket), s.config.pad_id, np.int32)
-        mask = np.zeros((count, bucket), bool)
-        blocks = np.zeros((count, _blocks(bucket, bs)), np.int32)
+        images = any(self.prompts[p].pixel_values is not None for p in prompt_ids)
+        layout = s.prefill_layout(bucket, len(prompt_ids), images)
+        count = layout.tokens.shape[0]
+        tokens = np.full(layout.tokens.shape, s.config.pad_id, np.int32)
+        mask = np.zeros(layout.mask.shape, bool)
+        blocks = np.zeros(layout.blocks.shape, np.int32)
         tiles = []
         for k, p in enumerate(prompt_ids):
             prompt, prefix = self.prompts[p], self.prefixes[p]
@@ -513,17 +561,16 @@ class _Run:
             if prompt.pixel_values is not None:
                 tiles.append(np.asarray(prompt.pixel_values, np.float32))
         pixel_values = tile_mask = None
-        if tiles:
+        if images:
             real = np.concatenate(tiles)
-            pixel_values = np.zeros((s.config.tile_budget, *real.shape[1:]), np.float32)
+            pixel_values = np.zeros(layout.pixel_values.shape, np.float32)
             pixel_values[: len(real)] = real
-            tile_mask = np.arange(s.config.tile_budget) < len(real)
-        batch = loop.PrefillBatch(
-            tokens=s._put(tokens), mask=s._put(mask),
-            pixel_values=None if pixel_values is None else s._put(pixel_values, ()),
-            tile_mask=None if tile_mask is None else s._put(tile_mask, ()),
-            blocks=s._put(blocks))
-        s._note(("prefill", bucket, count, pixel_values is not None), "prefill")
+            tile_mask = np.arange(len(pixel_values)) < len(real)
+        host = loop.PrefillBatch(tokens=tokens, mask=mask, pixel_values=pixel_values, tile_mask=tile_mask,
+                                 blocks=blocks)
+        batch = jax.tree.map(lambda x, spec: jnp.asarray(x) if spec.sharding is None else
+                             jax.device_put(x, spec.sharding), host, layout)
+        s._note(("prefill", bucket, count, images), "prefill")
         self.usage.prefilled += len(prompt_ids)
         s.buckets_used.add(bucket)
         with sharding.use_mesh(s.mesh):
