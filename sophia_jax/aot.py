@@ -356,7 +356,6 @@ def decode_read_bytes(sampler) -> int:
         weights += x.size * x.dtype.itemsize // split
     state = sampler.abstract_state()
     layer = state.pool[0]
-    blocks, block_size = layer.shape[:2]
     per_token = math.prod(layer.sharding.shard_shape(layer.shape)[2:]) * layer.dtype.itemsize * len(state.pool)
     row_shards = state.length.shape[0] // state.length.sharding.shard_shape(state.length.shape)[0]
     return weights + sampler.config.kv_budget * per_token // row_shards

@@ -27,6 +27,9 @@ def test_config_loads_and_mesh_fits_one_host(path):
         assert m.data * m.fsdp * m.tensor == 4, "generate samples on one host's 4 chips"
         assert cfg.sampler.tile_budget >= cfg.policy.max_tiles + 1
         assert cfg.distributed.mode == "auto"
+        # `sophia-jax aot` compiles the sampler for one host's 4 chips, this policy and the QwQ-32B-size reasoner.
+        assert cfg.aot.topology in ("v5p:2x2x1", "v6e:2x2") and cfg.aot.policy in os.path.basename(path)
+        assert cfg.aot.reasoner == "qwq_32b"
     else:  # train / warmup: FSDP over the whole slice, a row per chip, the paper's global batch
         m, chips = cfg.mesh, {"v5p": 32, "v6e": 32}[os.path.basename(path)[:-3].rsplit("_", 1)[1]]
         assert m.data * m.fsdp * m.tensor == chips and cfg.train.micro_rows % (m.data * m.fsdp) == 0
