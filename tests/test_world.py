@@ -109,3 +109,24 @@ def test_questions_file_has_the_generate_layout(tmp_path):
     assert [q.id for q in read] == [q.id for q in qs] + ["bad-missing", "bad-broken"]
     assert len(list((tmp_path / "images").glob("heldout-*.png"))) == 3  # one image per scene
     assert read.__iter__().__next__().answer == str(qs[0].answer)
+
+
+def test_shipped_demo_models_match_their_checksums():
+    """``demo_models/CHECKSUMS.json`` holds what ``tools/make_demo_models.py`` printed for the shipped
+    files (its sha256 over parameter names, dtypes, shapes and values)."""
+    import importlib.util
+    import json
+    import os
+
+    from sophia_jax import demo
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "make_demo_models.py")
+    spec = importlib.util.spec_from_file_location("make_demo_models", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    shipped = os.path.dirname(demo.shipped_model("policy"))
+    with open(os.path.join(shipped, "CHECKSUMS.json")) as f:
+        expected = json.load(f)
+    assert sorted(expected) == ["policy", "reasoner"]
+    for name, value in expected.items():
+        assert tool.checksum(demo.shipped_model(name)) == value, name
