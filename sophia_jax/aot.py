@@ -119,7 +119,8 @@ class ProgramReport:
 
     @property
     def mfu(self) -> float | None:
-        if self.model_flops is None or not self.seconds:
+        # A 'peak' time is the model FLOPs at peak by construction: its MFU (100%) would say nothing.
+        if self.model_flops is None or not self.seconds or self.estimate == "peak":
             return None
         return self.model_flops / (self.chips * self.peak_flops * self.seconds)
 
@@ -129,6 +130,8 @@ class ProgramReport:
         extra = ""
         if self.mfu is not None:
             extra = f"MFU {100 * self.mfu:5.1f}%"
+        elif self.estimate == "peak":
+            extra = "MFU n/a (estimate below model FLOPs at peak: XLA's counts miss work)"
         elif self.tokens and self.seconds:
             extra = f"{self.tokens / self.seconds:,.0f} tok/s"
             if self.bandwidth_bound_seconds:
@@ -264,9 +267,15 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
         rows, length = cfg.train.micro_rows, cfg.data.seq_len
         attention = 6 * text.num_layers * text.num_heads * text.head_dim * length * rows * length  # causal, fwd+bwd
         report = dataclasses.replace(report, seconds=report.seconds + attention / (mesh.size * chip.peak_bf16_flops))
-    floor = report.model_flops / (mesh.size * chip.peak_bf16_flops)
+    return at_least_model_flops(report)
+
+
+def at_least_model_flops(report: ProgramReport) -> ProgramReport:
+    """``report`` with its time raised to the model FLOPs at the chips' peak where it is below that
+    (source ``peak``; no MFU is shown for it)."""
+    floor = report.model_flops / (report.chips * report.peak_flops)
     if report.seconds and report.seconds < floor:
-        report = dataclasses.replace(report, seconds=floor, estimate="peak")
+        return dataclasses.replace(report, seconds=floor, estimate="peak")
     return report
 
 

@@ -1,6 +1,8 @@
 """``sophia_jax.aot``: the real train step and the sampler's programs compile for a small TPU
 slice on CPU (needs libtpu), and the report's figures follow from the compiled programs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +124,16 @@ def test_aot_dispatches_a_generate_config_to_the_sampler(capsys):
     for role in ("policy", "reasoner"):
         assert f"{role} decode step, 8 rows" in out and f"{role} prefill" in out
     assert "policy prefill 1x128 +16 tiles" in out  # 13-tile prompts: one fits the 16-tile budget
+
+
+def test_a_step_estimated_below_its_model_flops_at_peak_is_raised_and_shows_no_mfu():
+    chip = aot.CHIPS["v5p"]
+    report = aot.ProgramReport(name="train step", argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0,
+                               code_bytes=0, flops=1e12, seconds=1.0, hbm_bytes=chip.hbm_bytes, estimate="roofline",
+                               model_flops=8 * chip.peak_bf16_flops, chips=4, peak_flops=chip.peak_bf16_flops)
+    assert report.mfu == pytest.approx(2.0)  # what XLA's undercount would claim
+    raised = aot.at_least_model_flops(report)
+    assert raised.seconds == pytest.approx(2.0) and raised.estimate == "peak" and raised.mfu is None
+    assert "MFU n/a" in raised.row()
+    slower = dataclasses.replace(report, seconds=4.0)
+    assert aot.at_least_model_flops(slower) == slower and slower.mfu == pytest.approx(0.5)
