@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sophia_jax.configs.generate import mesh
+from sophia_jax.configs.generate import mesh, runlocal_sampler
 from sophia_jax.configs.loading import unknown_variant
 
 
@@ -60,13 +60,8 @@ def _runlocal(cfg: ml_collections.ConfigDict) -> None:
     cfg.sampling.max_new_tokens = 16
     cfg.chunk = 4
     cfg.images.total_tiles = 8
-    cfg.sampler.batch_size = 8
+    runlocal_sampler(cfg.sampler)
     cfg.sampler.tile_budget = 8
-    cfg.sampler.buckets = (128, 256, 512, 1024, 2048)
-    cfg.sampler.decode_chunk = 16
-    cfg.sampler.cache_dtype = "float32"
-    cfg.sampler.kv_budget = 16384
-    cfg.sampler.block_size = 16
     cfg.verifier.workers = 1
 
 

@@ -44,6 +44,17 @@ def mesh() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dataclasses.asdict(sharding.MeshConfig()))
 
 
+def runlocal_sampler(sampler: ml_collections.ConfigDict) -> None:
+    """A ``sampler`` section shrunk for a CPU smoke run (every command's ``runlocal``): few rows,
+    short buckets and chunks, a float32 cache, a small KV pool."""
+    sampler.batch_size = 8
+    sampler.buckets = (128, 256, 512, 1024, 2048)
+    sampler.decode_chunk = 16
+    sampler.cache_dtype = "float32"
+    sampler.kv_budget = 16384
+    sampler.block_size = 16
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.output_dir = ""  # the trajectory store and reports go here (required)
@@ -116,12 +127,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             role.sampling.n = 2
             role.sampling.max_new_tokens = 16
         cfg.num_shards = 4
-        cfg.sampler.batch_size = 8
-        cfg.sampler.buckets = (128, 256, 512, 1024, 2048)
-        cfg.sampler.decode_chunk = 16
-        cfg.sampler.cache_dtype = "float32"
-        cfg.sampler.kv_budget = 16384
-        cfg.sampler.block_size = 16
+        runlocal_sampler(cfg.sampler)
         cfg.dtype = "float32"
     elif arg:
         raise unknown_variant("generate", arg, ("", "runlocal"))
