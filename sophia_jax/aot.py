@@ -250,8 +250,8 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
       added to the time at the chip's peak rate (an optimistic bound: the MFU shown is an upper one);
     * no step is faster than its model FLOPs at the chip's peak: where the estimate is below that
       (the roofline of the 32K-token InternVL3-8B step on v5p:2x4x4 is: 2.37 s, XLA counting 735
-      TFLOP per chip against 2,161 model TFLOP), that time is shown instead (source ``peak``, MFU
-      100%: only an upper bound).
+      TFLOP per chip against 2,161 model TFLOP), that time is shown instead (source ``peak``; no
+      MFU is shown for it, as it would be 100% by construction).
     """
     report = _compile_train_step(cfg, arch, mesh, chip)
     text = arch.text if isinstance(arch, InternVLConfig) else arch

@@ -380,20 +380,20 @@ class Sampler:
                                num_blocks=self.num_blocks, block_size=cfg.block_size, dtype=cfg.cache_dtype,
                                stop_slots=MAX_STOP_TOKENS)
 
-    def state_shardings(self) -> loop.DecodeState | None:
-        """Where each leaf of the decode state lives: ``loop.map_axes``'s layout on this mesh (None without one)."""
-        if self.mesh is None:
-            return None
-        shapes = jax.eval_shape(self._init_state, np.uint32(0), np.int32(1))
-        return loop.map_axes(lambda x, axes: self.sharding(x.shape, axes), shapes)
-
     def abstract_state(self) -> loop.DecodeState:
-        """The decode state (pool included) as ``jax.ShapeDtypeStruct``s with the shardings every call gets."""
+        """The decode state (pool included) as ``jax.ShapeDtypeStruct``s with the shardings every call
+        gets: ``loop.map_axes``'s layout on this mesh."""
         shapes = jax.eval_shape(self._init_state, np.uint32(0), np.int32(1))
         if self.mesh is None:
             return shapes
-        return jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes,
-                            self.state_shardings())
+        return loop.map_axes(lambda x, axes: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                  sharding=self.sharding(x.shape, axes)), shapes)
+
+    def state_shardings(self) -> loop.DecodeState | None:
+        """Where each leaf of the decode state lives (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        return jax.tree.map(lambda x: x.sharding, self.abstract_state())
 
     def _fresh_state(self, params: SamplingParams) -> loop.DecodeState:
         """All rows free; the pool of the previous call is reused (its contents are dead)."""
@@ -401,10 +401,10 @@ class Sampler:
         seed, max_new = np.uint32(params.seed % 2**32), params.max_new_tokens
         state = self._state
         shape_ok = state is not None and state.pool[0].dtype == jnp.dtype(cfg.cache_dtype)
+        layout = self.state_shardings()
         if not shape_ok:
             # Born in its layout: a replicated pool would hold the whole KV budget on every chip.
-            init = jax.jit(self._init_state) if self.mesh is None else jax.jit(
-                self._init_state, out_shardings=self.state_shardings())
+            init = jax.jit(self._init_state) if layout is None else jax.jit(self._init_state, out_shardings=layout)
             with sharding.use_mesh(self.mesh):
                 state = init(seed, max_new)
         self._state = None
@@ -413,9 +413,9 @@ class Sampler:
         state = _reset(state, np.uint32(seed), np.int32(max_new))
         # Committed and in the layout the programs' outputs have: otherwise the first admit of a call
         # would compile a second program (jit caches on shardings and committed-ness).
-        if self.mesh is None:
+        if layout is None:
             return jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
-        return jax.device_put(state, self.state_shardings())
+        return jax.device_put(state, layout)
 
     def _sample(self, row: _Row, stopped: bool) -> Sample:
         sample = Sample(tokens=np.asarray(row.tokens, np.int32), logprobs=np.asarray(row.logprobs, np.float32),
