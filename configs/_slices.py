@@ -10,27 +10,35 @@ import importlib
 
 # chips per host and HBM per chip (GiB); the generate stage samples on each host's own chips.
 # topology: the name `sophia-jax aot` compiles the train step for (v5p-64 counts TensorCores: 32
-# chips); host_topology: one host's chips, which it compiles the sampler's programs for.
+# chips); host_topology: one host's chips, which it compiles the sampler's programs for. Multi-host
+# v6e slices are made of 4-chip hosts; v6e-8 is the one 8-chip host.
 SLICES = {
     "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8, "topology": "v5p:2x4x4", "host_topology": "v5p:2x2x1"},
     "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8, "topology": "v6e:4x8", "host_topology": "v6e:2x2"},
+    "v6e-8": {"chips_per_host": 8, "hbm_gib": 32, "hosts": 1, "topology": "v6e:2x4", "host_topology": "v6e:2x4"},
 }
 
 # train / warmup: FSDP over every chip, one 32,768-token packed row per chip per micro-batch
 # (micro_rows = chips), so the paper's 512 rows are 16 accumulated micro-batches on 32 chips.
 # Layers under scan, full remat and the splash kernel are the TPU defaults of configs/train.py.
 
-# Per (model, slice) for generate: the tensor-parallel width a model copy needs on one host,
-# decode rows per batch and image tiles per prefill batch. 38B in bf16 is ~76 GB of weights.
+# generate holds the policy and the QwQ-32B-size reasoner at once, each with a KV pool of
+# kv_budget tokens, on one host: bf16 weights of ~16 + 65 GB (8B) or ~76 + 65 GB (38B). Every chip
+# of the host is a tensor shard (the pool is split by KV heads only, so fsdp would replicate it).
+# Per (model, slice): decode rows, image tiles per prefill and kv_budget, which with the weights
+# fills about two thirds of HBM (`sophia-jax aot` on the config prints the totals). KV bytes per
+# token, bf16: QwQ-32B and the 38B policies 256 KiB (64 layers x 8 KV heads x 128 x 2 x 2 bytes),
+# InternVL2.5-8B 128 KiB, InternVL3-8B 56 KiB. The 38B pair does not fit a 4-chip v6e host
+# (128 GiB), so its v6e generate runs on a v6e-8.
 GENERATE = {
-    ("internvl2_5_8b", "v5p-64"): {"tensor": 1, "batch_size": 128, "tile_budget": 64},
-    ("internvl2_5_8b", "v6e-32"): {"tensor": 2, "batch_size": 64, "tile_budget": 32},
-    ("internvl3_8b", "v5p-64"): {"tensor": 1, "batch_size": 128, "tile_budget": 64},
-    ("internvl3_8b", "v6e-32"): {"tensor": 2, "batch_size": 64, "tile_budget": 32},
-    ("internvl2_5_38b", "v5p-64"): {"tensor": 4, "batch_size": 64, "tile_budget": 32},
-    ("internvl2_5_38b", "v6e-32"): {"tensor": 4, "batch_size": 16, "tile_budget": 16},
-    ("internvl3_38b", "v5p-64"): {"tensor": 4, "batch_size": 64, "tile_budget": 32},
-    ("internvl3_38b", "v6e-32"): {"tensor": 4, "batch_size": 16, "tile_budget": 16},
+    ("internvl2_5_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 524288},
+    ("internvl2_5_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
+    ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 524288},
+    ("internvl3_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
+    ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 32, "kv_budget": 262144},
+    ("internvl2_5_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 131072},
+    ("internvl3_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 32, "kv_budget": 262144},
+    ("internvl3_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 131072},
 }
 
 
@@ -39,10 +47,10 @@ def experiment(stage: str, model: str, slice_name: str):
     facts = SLICES[slice_name]
     if stage == "generate":
         g = GENERATE[(model, slice_name)]
-        cfg.mesh.tensor = g["tensor"]
-        cfg.mesh.fsdp = facts["chips_per_host"] // g["tensor"]
+        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, facts["chips_per_host"]
         cfg.sampler.batch_size = g["batch_size"]
         cfg.sampler.tile_budget = g["tile_budget"]
+        cfg.sampler.kv_budget = g["kv_budget"]
         cfg.sampler.cache_dtype = "bfloat16"
         cfg.attention = "fused"  # the TPU paged-attention kernel in decode
         cfg.policy.name = model
@@ -51,6 +59,10 @@ def experiment(stage: str, model: str, slice_name: str):
         chips = facts["chips_per_host"] * facts["hosts"]
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1
         cfg.train.micro_rows = chips
+        # The loss's vocabulary chunks are global (strided over every chip): 1,024 tokens per chip
+        # keeps each chip's [tokens, vocab] logits matmul compute-bound (at the default 2,048 a
+        # chip gets 64 tokens and rereads the head for each) in ~620 MB of f32 logits.
+        cfg.loss.chunk_tokens = chips * 1024
         cfg.aot.topology, cfg.aot.model = facts["topology"], model  # what `sophia-jax aot` compiles for
     else:
         raise ValueError(f"no slice settings for stage {stage!r}")

@@ -1,4 +1,4 @@
-"""generate x internvl2_5_38b x v6e-32."""
+"""generate x internvl2_5_38b x v6e-8 (the 38B policy and the reasoner need one 8-chip host)."""
 
 import importlib.util
 import os
@@ -9,4 +9,4 @@ _spec.loader.exec_module(_slices)
 
 
 def get_config(arg: str = ""):
-    return _slices.experiment("generate", "internvl2_5_38b", "v6e-32")
+    return _slices.experiment("generate", "internvl2_5_38b", "v6e-8")

@@ -108,10 +108,12 @@ class ProgramReport:
     peak_flops: float = 0.0
     tokens: int | None = None  # decode: tokens one step emits (rows)
     bandwidth_bound_seconds: float | None = None  # decode: bytes read per chip / HBM bandwidth
+    resident_bytes: int = 0  # held on the chip beside the program's own buffers (generate: the other model)
 
     @property
     def total_bytes(self) -> int:
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+                + self.resident_bytes)
 
     @property
     def fits(self) -> bool:
@@ -240,29 +242,41 @@ def _with_text_layers(arch, layers: int):
     return dataclasses.replace(arch, num_layers=layers)
 
 
-def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
-    """The train step's memory from the program the stage runs; its FLOPs and XLA time too, except
-    where XLA's cost analysis cannot see them:
+# What a train step's cost programs are compiled with, so that XLA's cost analysis sees all of
+# their work: its SparseCore offload of scatter-adds is priced at -1 s per call, and its windowed
+# einsums (an FSDP all-gather or reduce-scatter split into a loop of matmul steps) are `while`
+# loops whose bodies it counts once. The programs compute the same; only the schedule differs.
+COST_OPTIONS = {
+    "xla_tpu_enable_offloading_scatter_to_sparsecore": "DISABLED",
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
 
-    * with ``scan_layers`` XLA counts the scanned layer once, so FLOPs and time come from the same
-      step compiled unrolled with 1 and 2 decoder layers, extrapolated linearly to all of them;
-    * a Pallas kernel (``attention = splash``) is opaque to it, so the causal attention FLOPs are
+
+def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
+    """The train step's memory from the program the stage runs; its FLOPs and time from copies of
+    it without loops, since XLA's cost analysis counts a loop body once and sees no Pallas kernel:
+
+    * the cost programs unroll the decoder layers (compiled with 1 and 2 of them, extrapolated
+      linearly to all) and the loss's vocabulary chunks (``loss_chunk_unroll``: compile time grows
+      with the chunk count, so TPU configs use chunks of ~1,024 tokens per chip), and are compiled
+      with ``COST_OPTIONS`` (no SparseCore offload, no windowed einsums);
+    * a Pallas kernel (``attention = splash``) is opaque to XLA, so the causal attention FLOPs are
       added to the time at the chip's peak rate (an optimistic bound: the MFU shown is an upper one);
-    * no step is faster than its model FLOPs at the chip's peak: where the estimate is below that
-      (the roofline of the 32K-token InternVL3-8B step on v5p:2x4x4 is: 2.37 s, XLA counting 735
-      TFLOP per chip against 2,161 model TFLOP), that time is shown instead (source ``peak``; no
-      MFU is shown for it, as it would be 100% by construction).
+    * no step is faster than its model FLOPs at the chip's peak: where the estimate is below that,
+      that time is shown instead (source ``peak``; no MFU is shown for it, as it would be 100% by
+      construction).
     """
     report = _compile_train_step(cfg, arch, mesh, chip)
     text = arch.text if isinstance(arch, InternVLConfig) else arch
-    if cfg.model.scan_layers:
-        unrolled = cfg.copy_and_resolve_references()
-        unrolled.model.scan_layers = False
-        one, two = (_compile_train_step(unrolled, _with_text_layers(arch, n), mesh, chip) for n in (1, 2))
-        extrapolate = lambda a, b: a + (text.num_layers - 1) * (b - a)  # noqa: E731
-        seconds = extrapolate(one.seconds, two.seconds) if one.seconds and two.seconds else None
-        source = one.estimate if one.estimate == two.estimate else "mixed"
-        report = dataclasses.replace(report, flops=extrapolate(one.flops, two.flops), seconds=seconds, estimate=source)
+    unrolled = cfg.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
+    one, two = (_compile_train_step(unrolled, _with_text_layers(arch, n), mesh, chip, cost_program=True)
+                for n in (1, 2))
+    extrapolate = lambda a, b: a + (text.num_layers - 1) * (b - a)  # noqa: E731
+    seconds = extrapolate(one.seconds, two.seconds) if one.seconds and two.seconds else None
+    source = one.estimate if one.estimate == two.estimate else "mixed"
+    report = dataclasses.replace(report, flops=extrapolate(one.flops, two.flops), seconds=seconds, estimate=source)
     if cfg.model.attention == "splash" and report.seconds:
         rows, length = cfg.train.micro_rows, cfg.data.seq_len
         attention = 6 * text.num_layers * text.num_heads * text.head_dim * length * rows * length  # causal, fwd+bwd
@@ -279,7 +293,8 @@ def at_least_model_flops(report: ProgramReport) -> ProgramReport:
     return report
 
 
-def _compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
+def _compile_train_step(cfg, arch, mesh, chip: Chip, cost_program: bool = False) -> ProgramReport:
+    """The stage's train step, or (``cost_program``) the loop-free copy ``compile_train_step`` prices."""
     from sophia_jax.training import loss as loss_lib
     from sophia_jax.training import step as step_lib
     from sophia_jax.training.optimizer import OptimizerConfig, trainable_filter
@@ -296,7 +311,7 @@ def _compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
                                   eps=o.eps, max_grad_norm=o.max_grad_norm),
         loss=loss_lib.LossConfig(normalization=cfg.loss.normalization,
                                  importance_sampling=cfg.loss.importance_sampling, is_clip=cfg.loss.is_clip),
-        loss_chunk_tokens=cfg.loss.chunk_tokens)
+        loss_chunk_tokens=cfg.loss.chunk_tokens, loss_chunk_unroll=cost_program)
     program = step_lib.TrainProgram(graphdef, params, frozen, mesh, step_config)
     rows, length = cfg.train.micro_rows, cfg.data.seq_len
     multimodal = isinstance(arch, InternVLConfig)
@@ -309,7 +324,8 @@ def _compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
         shapes["pixel_values"], dtypes["pixel_values"] = (1, rows, tiles, 3, size, size), jnp.float32
         shapes["tile_mask"], dtypes["tile_mask"] = (1, rows, tiles), jnp.bool_
     batch = {k: _sds(s, dtypes.get(k, jnp.float32), step_lib.batch_sharding(mesh, s)) for k, s in shapes.items()}
-    compiled = program.jitted(shapes).lower(program.abstract_state, frozen, batch).compile()
+    lowered = program.jitted(shapes).lower(program.abstract_state, frozen, batch)
+    compiled = lowered.compile(COST_OPTIONS if cost_program else None)
     text_params = _count(state["language_model"]) if multimodal else _count(state)
     vision = _count(state) - text_params  # ViT + projector
     model_flops = train_model_flops(arch, text_params, vision, rows, length, tiles,
@@ -377,7 +393,13 @@ def decode_read_bytes(sampler) -> int:
     return weights + sampler.config.kv_budget * per_token // row_shards
 
 
-def compile_sampler(cfg, role: str, arch, mesh, chip: Chip) -> list[ProgramReport]:
+def held_bytes(sampler) -> int:
+    """Bytes a sampler holds on each chip between calls: its weights and its KV pool."""
+    leaves = jax.tree.leaves(sampler.params) + jax.tree.leaves(sampler.abstract_state().pool)
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+
+
+def compile_sampler(cfg, role: str, arch, mesh, chip: Chip) -> tuple[list[ProgramReport], int]:
     """The sampler's prefill and decode programs (``sampler._prefill`` / ``_decode``, the jitted
     functions every ``Sampler`` runs) for ``role``, with the inputs a run gives them:
 
@@ -389,6 +411,7 @@ def compile_sampler(cfg, role: str, arch, mesh, chip: Chip) -> list[ProgramRepor
     XLA's cost analysis counts one trip of the decode ``while_loop`` (one token for every row)
     with the call's set-up, so the estimate is that of one step: tokens/s = rows / estimate. The
     bandwidth bound (``decode_read_bytes`` / HBM bandwidth) is what no decode step can beat.
+    Returns the reports and the role's ``held_bytes`` (what it occupies while the other role runs).
     """
     from sophia_jax.sampling.sampler import (SamplingParams, _decode, _prefill, bucket_for,
                                              sampling_mode)
@@ -418,7 +441,7 @@ def compile_sampler(cfg, role: str, arch, mesh, chip: Chip) -> list[ProgramRepor
         _report(f"{role} prefill {count}x{bucket}{images}", prefill, chip, tokens=count * bucket),
         _report(f"{role} decode step, {rows} rows", decode, chip, tokens=rows,
                 bandwidth_bound_seconds=decode_read_bytes(sampler) / chip.hbm_bandwidth),
-    ]
+    ], held_bytes(sampler)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,9 +458,20 @@ def _arch(preset: str):
 def _programs(cfg, mesh, chip):
     """(label, thunk compiling a list of reports) per program group of the config's stage."""
     if "sampler" in cfg:  # the generate stage: the policy's and the reasoner's sampler programs
-        return [(f"{role} ({cfg.aot[role]})", lambda role=role: compile_sampler(cfg, role, _arch(cfg.aot[role]), mesh, chip))
-                for role in SAMPLER_ROLES]
+        return [(f"sampler ({cfg.aot.policy}, {cfg.aot.reasoner})", lambda: _generate_programs(cfg, mesh, chip))]
     return [(f"train step ({cfg.aot.model})", lambda: [compile_train_step(cfg, _arch(cfg.aot.model), mesh, chip)])]
+
+
+def _generate_programs(cfg, mesh, chip) -> list[ProgramReport]:
+    """Both roles' programs. Generate loads both models and keeps them, so each program's total
+    counts the other role's weights and KV pool as resident."""
+    compiled = {role: compile_sampler(cfg, role, _arch(cfg.aot[role]), mesh, chip) for role in SAMPLER_ROLES}
+    (policy, policy_held), (reasoner, reasoner_held) = compiled["policy"], compiled["reasoner"]
+    print(f"held while the other model runs (weights + KV pool of {cfg.sampler.kv_budget:,} tokens, per chip): "
+          f"policy {policy_held / GIB:.2f} GiB, reasoner {reasoner_held / GIB:.2f} GiB; each total below includes it",
+          flush=True)
+    return ([dataclasses.replace(r, resident_bytes=reasoner_held) for r in policy]
+            + [dataclasses.replace(r, resident_bytes=policy_held) for r in reasoner])
 
 
 def aot_main(argv=None) -> int:

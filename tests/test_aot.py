@@ -2,6 +2,7 @@
 slice on CPU (needs libtpu), and the report's figures follow from the compiled programs."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,36 @@ def test_train_step_compiles_for_a_tpu_slice():
     # XLA's per-device count covers at least the model FLOPs' share of one chip (it adds remat, loss, optimizer).
     assert train.flops >= train.model_flops / mesh.size * 0.5
     assert "MFU" in train.row()
+
+
+def test_cost_programs_have_no_loops_and_extrapolate_to_the_unrolled_step():
+    """XLA's cost analysis counts a loop body once: the scanned step (layers and loss chunks in
+    loops) shows far fewer FLOPs than the same step written out. The report's figure, extrapolated
+    from 1- and 2-layer loop-free copies, matches the loop-free copy of the whole model."""
+    devices = aot.topology_devices("v5p:2x2x1")
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 4, 1), devices)
+    cfg, arch, chip = load("train:runlocal", TINY + TPU_DEFAULTS[1:]), aot._arch("tiny"), aot.CHIPS["v5p"]
+    captured = []
+    report = aot._report
+
+    def spy(name, compiled, chip, **extra):
+        captured.append(compiled.as_text())
+        return report(name, compiled, chip, **extra)
+
+    unrolled = cfg.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
+    aot._report = spy
+    try:
+        whole = aot._compile_train_step(unrolled, arch, mesh, chip, cost_program=True)
+        scanned = aot._compile_train_step(cfg, arch, mesh, chip)
+    finally:
+        aot._report = report
+    assert " while(" not in captured[0] and "call-start(" not in captured[0] and " while(" in captured[1]
+    assert whole.estimate == "XLA" and whole.seconds > 0
+    assert scanned.flops < 0.8 * whole.flops
+    extrapolated = aot.compile_train_step(cfg, arch, mesh, chip)
+    assert extrapolated.flops == pytest.approx(whole.flops, rel=0.02)
+    assert extrapolated.seconds == pytest.approx(whole.seconds, rel=0.1)
 
 
 def test_aot_exits_nonzero_when_a_program_does_not_fit(capsys):
@@ -96,7 +127,7 @@ def test_sampler_programs_compile_for_a_tpu_slice():
     devices = aot.topology_devices(cfg.aot.topology)
     mesh, chip = sharding.make_mesh(sharding.MeshConfig(**cfg.mesh), devices), aot.CHIPS["v5p"]
     assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
-    prefill, decode = aot.compile_sampler(cfg, "reasoner", aot._arch("tiny_qwen3"), mesh, chip)
+    (prefill, decode), held = aot.compile_sampler(cfg, "reasoner", aot._arch("tiny_qwen3"), mesh, chip)
     # 8 rows of n = 2 samples: the first prefill takes 4 prompts; 59 tokens go in the 128 bucket.
     assert prefill.name == "reasoner prefill 4x128" and prefill.tokens == 4 * 128
     text = aot._arch("tiny_qwen3")
@@ -108,6 +139,11 @@ def test_sampler_programs_compile_for_a_tpu_slice():
     # A full pool: 16,384 tokens x 2 layers x (k, v) x 1 of 2 KV heads x 32 dims x 4 bytes, over 2 row shards.
     kv = 16384 * text.num_layers * 2 * (text.num_kv_heads // 2) * text.head_dim * 4 // 2
     assert decode.bandwidth_bound_seconds == pytest.approx((weights + kv) / chip.hbm_bandwidth, rel=1e-12)
+    # Held between calls: the pool, its KV heads over tensor (not split by rows), and the weights,
+    # split over tensor and (matrices) fsdp as well.
+    pool = 16384 * text.num_layers * 2 * (text.num_kv_heads // 2) * text.head_dim * 4
+    every_weight = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) * 4
+    assert every_weight / 4 <= held - pool <= every_weight / 2
     assert decode.tokens == 8 and decode.seconds > decode.bandwidth_bound_seconds > 0
     # XLA counts one trip of the decode loop: at least one token per row through the matrices
     # (4 rows per chip, the matmuls halved by tensor), far from the call's 16.
@@ -123,6 +159,9 @@ def test_aot_dispatches_a_generate_config_to_the_sampler(capsys):
     out = capsys.readouterr().out
     for role in ("policy", "reasoner"):
         assert f"{role} decode step, 8 rows" in out and f"{role} prefill" in out
+    # Generate keeps both models loaded: each role's totals count the other's weights and pool.
+    held = out.split("held while")[1].splitlines()[0]
+    assert re.search(r"policy [\d.]+ GiB, reasoner [\d.]+ GiB", held)
     assert "policy prefill 1x128 +16 tiles" in out  # 13-tile prompts: one fits the 16-tile budget
 
 

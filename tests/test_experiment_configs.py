@@ -1,6 +1,7 @@
 """Every experiment config in configs/ loads through the normal loader and fits its slice."""
 
 import glob
+import math
 import os
 
 import pytest
@@ -23,12 +24,13 @@ def test_every_stage_model_slice_is_there():
 def test_config_loads_and_mesh_fits_one_host(path):
     cfg = load(path)
     if os.path.basename(path).startswith("generate_"):
-        m = cfg.mesh
-        assert m.data * m.fsdp * m.tensor == 4, "generate samples on one host's 4 chips"
+        m, host = cfg.mesh, cfg.aot.topology  # one host's chips: v5p:2x2x1, v6e:2x2 or v6e:2x4 (v6e-8)
+        chips = math.prod(int(d) for d in host.split(":")[1].split("x"))
+        assert m.data * m.fsdp * m.tensor == chips and chips in (4, 8), "generate samples on one host's chips"
         assert cfg.sampler.tile_budget >= cfg.policy.max_tiles + 1
         assert cfg.distributed.mode == "auto"
         # `sophia-jax aot` compiles the sampler for one host's 4 chips, this policy and the QwQ-32B-size reasoner.
-        assert cfg.aot.topology in ("v5p:2x2x1", "v6e:2x2") and cfg.aot.policy in os.path.basename(path)
+        assert host in ("v5p:2x2x1", "v6e:2x2", "v6e:2x4") and cfg.aot.policy in os.path.basename(path)
         assert cfg.aot.reasoner == "qwq_32b"
     else:  # train / warmup: FSDP over the whole slice, a row per chip, the paper's global batch
         m, chips = cfg.mesh, {"v5p": 32, "v6e": 32}[os.path.basename(path)[:-3].rsplit("_", 1)[1]]

@@ -104,7 +104,8 @@ class LossConfig:
 
 
 def token_log_probs(
-    hidden: jax.Array, head: jax.Array, targets: jax.Array, *, vocab_size: int, chunk_size: int
+    hidden: jax.Array, head: jax.Array, targets: jax.Array, *, vocab_size: int, chunk_size: int,
+    unroll: bool = False,
 ) -> jax.Array:
     """log p(target) under the real vocabulary: [B, L, D], [D, Vp], int[B, L] -> float32[B, L].
 
@@ -114,7 +115,9 @@ def token_log_probs(
     multiple of ``chunk_size`` and scanned; ``chunk_size <= 0`` or ``>= B*L`` is one chunk, the
     unchunked reference through the same code. Chunk ``k`` takes every ``n_chunks``-th token
     starting at ``k``, so each chunk draws tokens from every data-parallel shard of the batch and
-    all devices work on every chunk.
+    all devices work on every chunk. ``unroll`` writes the chunks out instead of looping (the
+    same arithmetic): XLA's cost analysis counts a loop body once, so ``sophia-jax aot`` prices
+    an unrolled copy of the step.
     """
     b, l, d = hidden.shape
     n = b * l
@@ -127,7 +130,7 @@ def token_log_probs(
     h = h.reshape(c, n_chunks, d).swapaxes(0, 1)
     t = t.reshape(c, n_chunks).swapaxes(0, 1)
     h = sharding.constrain(h, (None, "batch", "embed"))
-    logp = _chunked_log_probs(vocab_size, h, head, t)  # [n_chunks, c]
+    logp = _chunked_log_probs(vocab_size, unroll, h, head, t)  # [n_chunks, c]
     return logp.swapaxes(0, 1).reshape(-1)[:n].reshape(b, l)
 
 
@@ -156,21 +159,21 @@ def _chunk_forward(h, head, t, vocab_size):
     return label - lse, lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_log_probs(vocab_size, h, head, t):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked_log_probs(vocab_size, unroll, h, head, t):
     """[n_chunks, c, D], [D, Vp], int[n_chunks, c] -> float32[n_chunks, c]."""
-    return _forward(vocab_size, h, head, t)[0]
+    return _forward(vocab_size, unroll, h, head, t)[0]
 
 
-def _forward(vocab_size, h, head, t):
+def _forward(vocab_size, unroll, h, head, t):
     def body(_, xs):
         return None, _chunk_forward(xs[0], head, xs[1], vocab_size)
 
-    _, (logp, lse) = jax.lax.scan(body, None, (h, t))
+    _, (logp, lse) = jax.lax.scan(body, None, (h, t), unroll=unroll)
     return logp, (h, head, t, lse)
 
 
-def _backward(vocab_size, residuals, g):
+def _backward(vocab_size, unroll, residuals, g):
     """Recomputes each chunk's logits; d logp/d logits = onehot(target) - softmax."""
     h, head, t, lse = residuals
     head_c = head.astype(h.dtype)
@@ -187,7 +190,7 @@ def _backward(vocab_size, residuals, g):
         return d_head, d_h
 
     d_head0 = jnp.zeros(head.shape, jnp.float32)
-    d_head, d_h = jax.lax.scan(body, d_head0, (h, t, lse, g))
+    d_head, d_h = jax.lax.scan(body, d_head0, (h, t, lse, g), unroll=unroll)
     return d_h, d_head.astype(head.dtype), None
 
 

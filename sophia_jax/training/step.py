@@ -44,10 +44,11 @@ class StepConfig:
     optimizer: OptimizerConfig
     loss: loss_lib.LossConfig = loss_lib.LossConfig()
     loss_chunk_tokens: int = 2048  # tokens per chunk of the vocabulary-chunked loss
+    loss_chunk_unroll: bool = False  # chunks written out, not looped (``sophia-jax aot``'s cost programs)
     num_sources: int = 1  # data sources, for the per-source loss metrics
 
 
-def response_log_probs(model, batch: dict, chunk_tokens: int) -> jax.Array:
+def response_log_probs(model, batch: dict, chunk_tokens: int, chunk_unroll: bool = False) -> jax.Array:
     """log pi(target) for every position of a packed batch: float32[B, L].
 
     batch holds input_ids / targets / positions / segment_ids int32[B, L], pixel_values
@@ -59,7 +60,7 @@ def response_log_probs(model, batch: dict, chunk_tokens: int) -> jax.Array:
     hidden, _ = model.hidden_states(embeds, batch["positions"], segment_ids > 0, segment_ids=segment_ids)
     text = model.text_model
     return loss_lib.token_log_probs(hidden, text.head(), batch["targets"], vocab_size=text.config.vocab_size,
-                                    chunk_size=chunk_tokens)
+                                    chunk_size=chunk_tokens, unroll=chunk_unroll)
 
 
 def init_state(params: nnx.State, config: StepConfig) -> TrainState:
@@ -68,7 +69,7 @@ def init_state(params: nnx.State, config: StepConfig) -> TrainState:
 
 def _micro_loss(params, frozen, micro, graphdef, config: StepConfig):
     model = nnx.merge(graphdef, params, frozen)
-    logp = response_log_probs(model, micro, config.loss_chunk_tokens)
+    logp = response_log_probs(model, micro, config.loss_chunk_tokens, config.loss_chunk_unroll)
     numerator, denominator, metrics = loss_lib.policy_loss(logp, micro, config.loss, num_sources=config.num_sources)
     return numerator, (denominator, metrics)
 

@@ -35,8 +35,8 @@ def inputs(b=2, l=5, seed=0, dtype=jnp.float32):
     return hidden, head, targets, weights
 
 
-def logp_fn(chunk):
-    return lambda h, w, t: L.token_log_probs(h, w, t, vocab_size=VOCAB, chunk_size=chunk)
+def logp_fn(chunk, unroll=False):
+    return lambda h, w, t: L.token_log_probs(h, w, t, vocab_size=VOCAB, chunk_size=chunk, unroll=unroll)
 
 
 def test_log_probs_match_log_softmax_and_padding_rows_never_win():
@@ -52,16 +52,18 @@ def test_log_probs_match_log_softmax_and_padding_rows_never_win():
     assert bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(got < 0))
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 4, 7, 10, 64])
-def test_chunked_loss_and_gradients_equal_unchunked(chunk):
-    """B*L = 10 tokens; 3, 4 and 7 do not divide it, 10 and 64 are one chunk."""
+@pytest.mark.parametrize("chunk, unroll", [(1, False), (3, False), (4, False), (7, False), (10, False), (64, False),
+                                           (3, True)])
+def test_chunked_loss_and_gradients_equal_unchunked(chunk, unroll):
+    """B*L = 10 tokens; 3, 4 and 7 do not divide it, 10 and 64 are one chunk. Unrolled chunks (the
+    loop written out, as ``sophia-jax aot`` prices the step) compute the same."""
     hidden, head, targets, weights = inputs()
 
     def loss(fn):
         return lambda h, w: jnp.sum(weights * fn(h, w, targets)) / 10.0
 
     ref_val, (ref_dh, ref_dw) = jax.jit(jax.value_and_grad(loss(logp_fn(0)), argnums=(0, 1)))(hidden, head)
-    val, (dh, dw) = jax.jit(jax.value_and_grad(loss(logp_fn(chunk)), argnums=(0, 1)))(hidden, head)
+    val, (dh, dw) = jax.jit(jax.value_and_grad(loss(logp_fn(chunk, unroll)), argnums=(0, 1)))(hidden, head)
     np.testing.assert_allclose(val, ref_val, atol=1e-6)
     np.testing.assert_allclose(dh, ref_dh, atol=1e-6)
     np.testing.assert_allclose(dw, ref_dw, atol=1e-6)
