@@ -224,7 +224,8 @@ def _sds(shape, dtype, mesh_sharding):
 
 def train_model_flops(arch, text_params: int, vision_params: int, rows: int, length: int, tiles: int,
                       vision_trainable: bool) -> float:
-    """Model FLOPs of one micro-batch: 6 N T for the decoder, causal attention, and the ViT
+    """Model FLOPs of one micro-batch: 6 N T for the decoder's matrices (``text_params`` without an
+    untied input embedding table, which is a lookup, not a matmul), causal attention, and the ViT
     (forward only when frozen: its inputs are pixels, so no backward flows into it)."""
     text = arch.text if isinstance(arch, InternVLConfig) else arch
     tokens = rows * length
@@ -261,8 +262,9 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
       linearly to all) and the loss's vocabulary chunks (``loss_chunk_unroll``: compile time grows
       with the chunk count, so TPU configs use chunks of ~1,024 tokens per chip), and are compiled
       with ``COST_OPTIONS`` (no SparseCore offload, no windowed einsums);
-    * a Pallas kernel (``attention = splash``) is opaque to XLA, so the causal attention FLOPs are
-      added to the time at the chip's peak rate (an optimistic bound: the MFU shown is an upper one);
+    * a Pallas kernel (``attention = splash``) is opaque to XLA, so the causal attention FLOPs
+      (forward, backward and, under remat, the forward again) are added to the time at the chip's
+      peak rate (an optimistic bound: the MFU shown is an upper one);
     * no step is faster than its model FLOPs at the chip's peak: where the estimate is below that,
       that time is shown instead (source ``peak``; no MFU is shown for it, as it would be 100% by
       construction).
@@ -279,7 +281,8 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
     report = dataclasses.replace(report, flops=extrapolate(one.flops, two.flops), seconds=seconds, estimate=source)
     if cfg.model.attention == "splash" and report.seconds:
         rows, length = cfg.train.micro_rows, cfg.data.seq_len
-        attention = 6 * text.num_layers * text.num_heads * text.head_dim * length * rows * length  # causal, fwd+bwd
+        passes = 3 if cfg.model.remat == "none" else 4  # forward, backward (2x); remat runs the forward again
+        attention = 2 * passes * text.num_layers * text.num_heads * text.head_dim * length * rows * length  # causal
         report = dataclasses.replace(report, seconds=report.seconds + attention / (mesh.size * chip.peak_bf16_flops))
     return at_least_model_flops(report)
 
@@ -326,8 +329,12 @@ def _compile_train_step(cfg, arch, mesh, chip: Chip, cost_program: bool = False)
     batch = {k: _sds(s, dtypes.get(k, jnp.float32), step_lib.batch_sharding(mesh, s)) for k, s in shapes.items()}
     lowered = program.jitted(shapes).lower(program.abstract_state, frozen, batch)
     compiled = lowered.compile(COST_OPTIONS if cost_program else None)
-    text_params = _count(state["language_model"]) if multimodal else _count(state)
+    lm = state["language_model"] if multimodal else state
+    text_params = _count(lm)
     vision = _count(state) - text_params  # ViT + projector
+    text = arch.text if multimodal else arch
+    if not text.tie_word_embeddings:
+        text_params -= _count(lm["embed"])
     model_flops = train_model_flops(arch, text_params, vision, rows, length, tiles,
                                     vision_trainable=cfg.train.trainable == "all")
     name = f"train step {rows}x{length} (remat {m.remat}{', scan' if m.scan_layers else ''})"
