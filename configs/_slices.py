@@ -36,9 +36,9 @@ GENERATE = {
     ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 524288},
     ("internvl3_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
     ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 32, "kv_budget": 262144},
-    ("internvl2_5_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 131072},
+    ("internvl2_5_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
     ("internvl3_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 32, "kv_budget": 262144},
-    ("internvl3_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 131072},
+    ("internvl3_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
 }
 
 

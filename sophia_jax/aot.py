@@ -4,6 +4,7 @@
     sophia-jax aot --config configs/generate_internvl3_38b_v5p.py   # the sampler, one host's chips
     sophia-jax aot --config train --config.aot.topology=v5p:4x4x4 --config.aot.model=internvl3_38b \\
         --config.data.seq_len=8192 --config.train.micro_rows=64
+    sophia-jax aot --config configs/train_internvl3_38b_v6e.py --config.aot.cost=False   # fit only, one compile
 
 With libtpu installed (the ``tpu`` extra), ``jax.experimental.topologies`` describes the devices
 of a named slice (``v5p:4x4x4``) on any host, and ``jit(...).lower(...).compile()`` compiles for
@@ -270,6 +271,8 @@ def compile_train_step(cfg, arch, mesh, chip: Chip) -> ProgramReport:
       construction).
     """
     report = _compile_train_step(cfg, arch, mesh, chip)
+    if not cfg.aot.cost:  # memory and fit only
+        return dataclasses.replace(report, flops=0.0, seconds=None, estimate="none")
     text = arch.text if isinstance(arch, InternVLConfig) else arch
     unrolled = cfg.copy_and_resolve_references()
     unrolled.model.scan_layers = False

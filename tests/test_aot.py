@@ -65,6 +65,15 @@ def test_cost_programs_have_no_loops_and_extrapolate_to_the_unrolled_step():
     assert extrapolated.seconds == pytest.approx(whole.seconds, rel=0.1)
 
 
+def test_cost_false_compiles_only_the_step_for_its_fit():
+    devices = aot.topology_devices("v5e:2x2")
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 4, 1), devices)
+    cfg = load("train:runlocal", TINY + ["--config.aot.cost=False"])
+    report = aot.compile_train_step(cfg, aot._arch("tiny"), mesh, aot.CHIPS["v5e"])
+    assert report.fits and report.total_bytes > 0 and report.seconds is None and report.mfu is None
+    assert "n/a" in report.row() and "MFU" not in report.row()
+
+
 def test_aot_exits_nonzero_when_a_program_does_not_fit(capsys):
     # The XLA attention's f32 scores of 4 rows x 32K x 32K tokens alone are 16 GiB per head.
     code = aot.aot_main(["--config", "train:runlocal", "--config.aot.topology=v5e:2x2", "--config.aot.model=tiny",
