@@ -41,6 +41,21 @@ GENERATE = {
     ("internvl3_38b", "v6e-8"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
 }
 
+# eval holds the policy alone on one host, every chip a tensor shard: decode rows and kv_budget per
+# (model, slice) as for generate (KV bytes per token above), image tiles per prefill = the tiles a
+# question's images share (images.total_tiles). On a v6e host the 38B policy's ~19 GiB of weights
+# per chip leave room for 32 tiles of InternViT-6B prefill, not the default 64.
+EVAL = {
+    ("internvl2_5_8b", "v5p-64"): {"batch_size": 128, "tiles": 64, "kv_budget": 1048576},
+    ("internvl2_5_8b", "v6e-32"): {"batch_size": 64, "tiles": 64, "kv_budget": 393216},
+    ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tiles": 64, "kv_budget": 1048576},
+    ("internvl3_8b", "v6e-32"): {"batch_size": 64, "tiles": 64, "kv_budget": 786432},
+    ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tiles": 64, "kv_budget": 524288},
+    ("internvl2_5_38b", "v6e-32"): {"batch_size": 32, "tiles": 32, "kv_budget": 65536},
+    ("internvl3_38b", "v5p-64"): {"batch_size": 64, "tiles": 64, "kv_budget": 524288},
+    ("internvl3_38b", "v6e-32"): {"batch_size": 32, "tiles": 32, "kv_budget": 65536},
+}
+
 
 def experiment(stage: str, model: str, slice_name: str):
     cfg = importlib.import_module(f"sophia_jax.configs.{stage}").get_config()
@@ -55,6 +70,14 @@ def experiment(stage: str, model: str, slice_name: str):
         cfg.attention = "fused"  # the TPU paged-attention kernel in decode
         cfg.policy.name = model
         cfg.aot.topology, cfg.aot.policy = facts["host_topology"], model  # what `sophia-jax aot` compiles for
+    elif stage == "eval":
+        e = EVAL[(model, slice_name)]
+        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, facts["chips_per_host"]
+        cfg.sampler.batch_size = e["batch_size"]
+        cfg.sampler.tile_budget = cfg.images.total_tiles = e["tiles"]
+        cfg.sampler.kv_budget = e["kv_budget"]
+        cfg.sampler.cache_dtype = "bfloat16"
+        cfg.attention = "fused"
     elif stage in ("train", "warmup"):
         chips = facts["chips_per_host"] * facts["hosts"]
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1

@@ -16,7 +16,7 @@ def test_every_stage_model_slice_is_there():
     names = {os.path.basename(f) for f in FILES}
     for model in ("internvl2_5_8b", "internvl2_5_38b", "internvl3_8b", "internvl3_38b"):
         for slice_name in ("v5p", "v6e"):
-            for stage in ("generate", "train", "warmup"):
+            for stage in ("generate", "train", "warmup", "eval"):
                 assert f"{stage}_{model}_{slice_name}.py" in names
 
 
@@ -32,6 +32,13 @@ def test_config_loads_and_mesh_fits_one_host(path):
         # `sophia-jax aot` compiles the sampler for one host's 4 chips, this policy and the QwQ-32B-size reasoner.
         assert host in ("v5p:2x2x1", "v6e:2x2", "v6e:2x4") and cfg.aot.policy in os.path.basename(path)
         assert cfg.aot.reasoner == "qwq_32b"
+    elif os.path.basename(path).startswith("eval_"):  # the policy alone on one host's 4 chips, all tensor
+        m = cfg.mesh
+        assert (m.data, m.fsdp, m.tensor) == (1, 1, 4) and cfg.attention == "fused"
+        assert cfg.images.total_tiles <= cfg.sampler.tile_budget and cfg.images.max_tiles + 1 <= cfg.sampler.tile_budget
+        # One sample of the longest kind must fit the pool (the sampler refuses to start otherwise).
+        assert cfg.sampler.kv_budget >= max(cfg.sampler.buckets) + cfg.sampling.max_new_tokens
+        assert cfg.distributed.mode == "auto" and cfg.model == ""  # the checkpoint is the user's flag
     else:  # train / warmup: FSDP over the whole slice, a row per chip, the paper's global batch
         m, chips = cfg.mesh, {"v5p": 32, "v6e": 32}[os.path.basename(path)[:-3].rsplit("_", 1)[1]]
         assert m.data * m.fsdp * m.tensor == chips and cfg.train.micro_rows % (m.data * m.fsdp) == 0

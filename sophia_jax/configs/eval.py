@@ -93,6 +93,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     })
 
     cfg.dtype = "bfloat16"  # model compute and weight dtype
+    # xla: plain attention; fused: on TPU, the Pallas ragged paged attention kernel in decode (as generate's)
+    cfg.attention = "xla"
     cfg.mesh = mesh()  # over this host's devices; each host evaluates its share of the items
     cfg.distributed = ml_collections.ConfigDict({
         "mode": "auto",  # auto | tpu | off (see sophia_jax/distributed.py)

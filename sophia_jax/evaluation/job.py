@@ -154,10 +154,12 @@ def _load_models(cfg, mesh):
     from sophia_jax.evaluation.model_judge import ModelJudge
     from sophia_jax.sampling.load import load_sampler
 
-    policy = load_sampler(cfg.model, cfg.sampler, dtype=cfg.dtype, mesh=mesh, name=cfg.model_name)
+    policy = load_sampler(cfg.model, cfg.sampler, dtype=cfg.dtype, mesh=mesh, name=cfg.model_name,
+                          attention=cfg.attention)
     judge = None
     if cfg.judge.checkpoint:
-        judge_model = load_sampler(cfg.judge.checkpoint, cfg.sampler, dtype=cfg.dtype, mesh=mesh)
+        judge_model = load_sampler(cfg.judge.checkpoint, cfg.sampler, dtype=cfg.dtype, mesh=mesh,
+                                   attention=cfg.attention)
         judge = ModelJudge(judge_model, extract=cfg.judge.extract,
                            judge_benchmarks=[b for b in cfg.judge.benchmarks.split(",") if b.strip()],
                            max_new_tokens=cfg.judge.max_new_tokens, response_chars=cfg.judge.response_chars)
