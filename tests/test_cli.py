@@ -44,22 +44,23 @@ def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
     from sophia_jax.data.trajectory_store import TrajectoryStore
     from sophia_jax.sophia import selection
 
-    assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path), "--questions", "32"]) == 0
+    assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(f"] {i}/6 " in out for i in range(1, 7))
-    assert "questions: 34 read, 32 processed, 2 skipped {'bad_image': 2}" in out
+    assert "questions: 18 read, 16 processed, 2 skipped {'bad_image': 2}" in out
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     rows = {r["name"]: r for r in results["rows"]}
     assert list(rows) == ["base", "random", "no_caption_reward", "no_shortest", "sophia"]
     for name, row in rows.items():  # pass@1 is the mean verdict of that policy's held-out samples
         verdicts = [json.loads(line)["correct"] for line in open(tmp_path / "results" / f"heldout-{name}.jsonl")]
-        assert len(verdicts) == 12 * 2 and row["pass_at_1"] == sum(verdicts) / len(verdicts)
+        assert len(verdicts) == 8 * 2 and row["pass_at_1"] == sum(verdicts) / len(verdicts)
+        assert name == "base" or row["trajectories"] > 0, f"{name} trained on an empty selection"
     store = TrajectoryStore(tmp_path / "store", clean_on_open=False)
     index = list(store.iter_index())
-    assert len(index) == 32 * 4 * 4
+    assert len(index) == 16 * 4 * 2  # questions x captions x trajectories
     assert rows["sophia"]["trajectories"] == len(selection.select(index, alpha=0.75, keep=1))
     assert rows["no_caption_reward"]["trajectories"] == len(selection.select(index, alpha=0.0, keep=1))
-    assert rows["random"]["trajectories"] == 32 and sorted(store.selections()) == \
+    assert rows["random"]["trajectories"] == 16 and sorted(store.selections()) == \
         ["no_caption_reward", "no_shortest", "random"]
     assert rows["sophia"]["kept_correct"] in (None, 1.0) and rows["no_shortest"]["kept_correct"] in (None, 1.0)
     table = (tmp_path / "results" / "table.md").read_text()
@@ -68,12 +69,12 @@ def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
 
     run = tmp_path / "train"
     assert cli.main(["train", "--config", "train:runlocal", f"--config.data.store={tmp_path / 'store'}",
-                     f"--config.output_dir={run}", "--config.log.progress=False"]) == 0
+                     f"--config.output_dir={run}", "--config.log.progress=False", "--config.train.steps=2"]) == 0
     assert "final model:" in capsys.readouterr().out
     from sophia_jax import checkpoint
 
     assert type(checkpoint.load(run / "final")).__name__ == "InternVL"
-    assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())[-1] == 8
+    assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())[-1] == 2  # the last step of --config.train.steps=2
 
 
 def test_readme_main_command_is_what_ci_runs():

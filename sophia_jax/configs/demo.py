@@ -23,9 +23,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     quick = arg == "quick"
     cfg = ml_collections.ConfigDict()
     cfg.dir = ""  # where the world, the store, the training runs and the results go ('' = a new temporary directory)
-    cfg.questions = 32 if quick else 400  # training questions for generate (two with broken images are added)
+    cfg.questions = 16 if quick else 400  # training questions for generate (two with broken images are added)
     cfg.questions_per_image = 2  # questions asked about each training image
-    cfg.heldout = 12 if quick else 300  # held-out questions, on images no stage trains on
+    cfg.heldout = 8 if quick else 300  # held-out questions, on images no stage trains on
     cfg.policy = ""  # policy checkpoint ('' = the shipped sophia_jax/demo_models/policy)
     cfg.reasoner = ""  # text reasoner checkpoint ('' = the shipped sophia_jax/demo_models/reasoner)
     cfg.seed = 0  # sampling, the ablations' random draws and training order
@@ -33,7 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.settings = SETTINGS
 
     cfg.captions = 4  # K: captions per image
-    cfg.trajectories = 4  # N: reasoning trajectories per caption
+    cfg.trajectories = 2 if quick else 4  # N: reasoning trajectories per caption
     cfg.alpha = 0.75  # caption-reward threshold (strict), the paper's
     cfg.keep = 1  # Keep-N shortest per question, the paper's
 
@@ -44,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.eval.max_new_tokens = 192  # the longest solutions are about 140 tokens
 
     cfg.train = ml_collections.ConfigDict()
-    cfg.train.steps = 4 if quick else 60  # optimizer steps, the same for every setting
+    cfg.train.steps = 2 if quick else 60  # optimizer steps, the same for every setting
     cfg.train.rows = 4 if quick else 8  # packed rows per step
     cfg.train.seq_len = 512  # tokens per packed row (about six trajectories)
     cfg.train.learning_rate = 1e-3  # peak; cosine to 0.25x, as the train config
