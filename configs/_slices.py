@@ -16,11 +16,18 @@ SLICES = {
     "v5p-64": {"chips_per_host": 4, "hbm_gib": 95, "hosts": 8, "topology": "v5p:2x4x4", "host_topology": "v5p:2x2x1"},
     "v6e-32": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 8, "topology": "v6e:4x8", "host_topology": "v6e:2x2"},
     "v6e-8": {"chips_per_host": 8, "hbm_gib": 32, "hosts": 1, "topology": "v6e:2x4", "host_topology": "v6e:2x4"},
+    "v6e-64": {"chips_per_host": 4, "hbm_gib": 32, "hosts": 16, "topology": "v6e:8x8", "host_topology": "v6e:2x2"},
 }
 
-# train / warmup: FSDP over every chip, one 32,768-token packed row per chip per micro-batch
-# (micro_rows = chips), so the paper's 512 rows are 16 accumulated micro-batches on 32 chips.
-# Layers under scan, full remat and the splash kernel are the TPU defaults of configs/train.py.
+# train / warmup: FSDP over every chip, one packed row per chip per micro-batch (micro_rows =
+# chips); rows of 32,768 tokens, so the paper's 512 rows are 16 accumulated micro-batches on 32
+# chips. Layers under scan, full remat and the splash kernel are the TPU defaults of configs/train.py.
+# A 38B step keeps ~43 GiB of temporaries per 32,768-token row (the 64 remat'd layer inputs alone are
+# 20 GiB), more than a v6e chip holds at any slice size, so the 38B models train on v6e in rows
+# of 8,192 tokens, four times as many per step (the same tokens), on a v6e-64 (23.1 of 32 GiB per
+# chip; 32.9 GiB on 32 chips).
+TRAIN_SEQ_LEN = {("internvl2_5_38b", "v6e-64"): 8192, ("internvl3_38b", "v6e-64"): 8192}
+PAPER_TOKENS_PER_STEP = 512 * 32768
 
 # generate holds the policy and the QwQ-32B-size reasoner at once, each with a KV pool of
 # kv_budget tokens, on one host: bf16 weights of ~16 + 65 GB (8B) or ~76 + 65 GB (38B). Every chip
@@ -82,6 +89,8 @@ def experiment(stage: str, model: str, slice_name: str):
         chips = facts["chips_per_host"] * facts["hosts"]
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1
         cfg.train.micro_rows = chips
+        cfg.data.seq_len = TRAIN_SEQ_LEN.get((model, slice_name), 32768)
+        cfg.train.global_rows = PAPER_TOKENS_PER_STEP // cfg.data.seq_len
         # The loss's vocabulary chunks are global (strided over every chip): 1,024 tokens per chip
         # keeps each chip's [tokens, vocab] logits matmul compute-bound (at the default 2,048 a
         # chip gets 64 tokens and rereads the head for each) in ~620 MB of f32 logits.

@@ -1,4 +1,4 @@
-"""train x internvl3_38b x v6e-32."""
+"""train x internvl3_38b x v6e-64 (rows of 8,192 tokens: a 32,768-token 38B row needs more than a v6e chip)."""
 
 import importlib.util
 import os
@@ -9,4 +9,4 @@ _spec.loader.exec_module(_slices)
 
 
 def get_config(arg: str = ""):
-    return _slices.experiment("train", "internvl3_38b", "v6e-32")
+    return _slices.experiment("train", "internvl3_38b", "v6e-64")
