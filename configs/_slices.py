@@ -33,13 +33,13 @@ PAPER_TOKENS_PER_STEP = 512 * 32768
 # kv_budget tokens, on one host: bf16 weights of ~16 + 65 GB (8B) or ~76 + 65 GB (38B). Every chip
 # of the host is a tensor shard (the pool is split by KV heads only, so fsdp would replicate it).
 # Per (model, slice): decode rows, image tiles per prefill and kv_budget, which with the weights
-# fills about two thirds of HBM (`sophia-jax aot` on the config prints the totals). KV bytes per
+# leave the prefill its temporaries (`sophia-jax aot` on the config prints the totals). KV bytes per
 # token, bf16: QwQ-32B and the 38B policies 256 KiB (64 layers x 8 KV heads x 128 x 2 x 2 bytes),
 # InternVL2.5-8B 128 KiB, InternVL3-8B 56 KiB. The 38B pair does not fit a 4-chip v6e host
 # (128 GiB), so its v6e generate runs on a v6e-8.
 GENERATE = {
     ("internvl2_5_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 524288},
-    ("internvl2_5_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
+    ("internvl2_5_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 16, "kv_budget": 65536},
     ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 524288},
     ("internvl3_8b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 98304},
     ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 32, "kv_budget": 262144},

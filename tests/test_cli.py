@@ -33,48 +33,65 @@ def test_version(capsys):
 
 
 def test_demo_runs_every_stage_and_train_reads_its_store(tmp_path, capsys):
-    """The README's main command, shrunken (``demo:quick``): base pass@1 -> generate -> selections ->
-    four trainings -> pass@1 each -> table, JSON, PNG. Every figure of the table is recomputed here
-    from what the run left on disk. Then the training contract: ``train:runlocal`` on ``D/store``
-    finds the policy by itself and writes ``O/final``."""
+    """The README's main command, shrunken (``demo:quick``, its own sizes): base pass@1 -> generate ->
+    selections -> four trainings -> pass@1 each -> table, JSON, PNG. Every figure of the table is
+    recomputed here from what the run left on disk, and every setting must have trained, for the
+    configured steps, on its own non-empty selection. Then the training contract: ``train:runlocal``
+    on ``D/store`` finds the policy by itself, trains on the store's selection and writes ``O/final``."""
     import json
 
     from PIL import Image
 
+    from sophia_jax.configs.demo import SETTINGS, get_config
     from sophia_jax.data.trajectory_store import TrajectoryStore
     from sophia_jax.sophia import selection
 
+    cfg = get_config("quick")
     assert cli.main(["demo", "--config", "demo:quick", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(f"] {i}/6 " in out for i in range(1, 7))
-    assert "questions: 18 read, 16 processed, 2 skipped {'bad_image': 2}" in out
+    q = cfg.questions
+    assert f"questions: {q + 2} read, {q} processed, 2 skipped {{'bad_image': 2}}" in out
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     rows = {r["name"]: r for r in results["rows"]}
-    assert list(rows) == ["base", "random", "no_caption_reward", "no_shortest", "sophia"]
+    assert list(rows) == ["base", *SETTINGS]
     for name, row in rows.items():  # pass@1 is the mean verdict of that policy's held-out samples
         verdicts = [json.loads(line)["correct"] for line in open(tmp_path / "results" / f"heldout-{name}.jsonl")]
-        assert len(verdicts) == 8 * 2 and row["pass_at_1"] == sum(verdicts) / len(verdicts)
-        assert name == "base" or row["trajectories"] > 0, f"{name} trained on an empty selection"
+        assert len(verdicts) == cfg.heldout * cfg.eval.samples and row["pass_at_1"] == sum(verdicts) / len(verdicts)
     store = TrajectoryStore(tmp_path / "store", clean_on_open=False)
     index = list(store.iter_index())
-    assert len(index) == 16 * 4 * 2  # questions x captions x trajectories
-    assert rows["sophia"]["trajectories"] == len(selection.select(index, alpha=0.75, keep=1))
-    assert rows["no_caption_reward"]["trajectories"] == len(selection.select(index, alpha=0.0, keep=1))
-    assert rows["random"]["trajectories"] == 16 and sorted(store.selections()) == \
-        ["no_caption_reward", "no_shortest", "random"]
-    assert rows["sophia"]["kept_correct"] in (None, 1.0) and rows["no_shortest"]["kept_correct"] in (None, 1.0)
+    assert len(index) == q * cfg.captions * cfg.trajectories
+    chosen = {
+        "random": selection.select_random(index, keep=cfg.keep, seed=cfg.seed),
+        "no_caption_reward": selection.select(index, alpha=0.0, keep=cfg.keep),
+        "no_shortest": selection.select(index, alpha=cfg.alpha, keep=cfg.keep, shortest=False, seed=cfg.seed),
+        "sophia": selection.select(index, alpha=cfg.alpha, keep=cfg.keep),
+    }
+    assert len(chosen["random"]) == q and sorted(store.selections()) == ["no_caption_reward", "no_shortest", "random"]
+    for name in SETTINGS:
+        wanted = {f"{qid}/{c}/{t}" for qid, c, t in chosen[name]}
+        assert wanted and rows[name]["trajectories"] == len(wanted), name  # an empty selection trains nothing
+        steps = [json.loads(line) for line in open(tmp_path / "runs" / name / "examples-0.jsonl")]
+        assert [s["step"] for s in steps] == list(range(1, cfg.train.steps + 1)), name
+        trained = {r for s in steps for r in s["records"]}
+        assert trained and trained <= wanted, name  # trained on that setting's selection and nothing else
+        if name != "random":  # the others keep only correct trajectories
+            assert rows[name]["kept_correct"] == 1.0, name
     table = (tmp_path / "results" / "table.md").read_text()
     assert "+ SOPHIA w/o CR" in table and f"{100 * rows['base']['pass_at_1']:.1f}%" in table
     assert Image.open(tmp_path / "results" / "demo.png").size == (1100, 440)
 
     run = tmp_path / "train"
     assert cli.main(["train", "--config", "train:runlocal", f"--config.data.store={tmp_path / 'store'}",
-                     f"--config.output_dir={run}", "--config.log.progress=False", "--config.train.steps=2"]) == 0
+                     f"--config.output_dir={run}", "--config.log.progress=False", "--config.train.steps=4"]) == 0
     assert "final model:" in capsys.readouterr().out
     from sophia_jax import checkpoint
 
     assert type(checkpoint.load(run / "final")).__name__ == "InternVL"
-    assert sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())[-1] == 2  # the last step of --config.train.steps=2
+    saved = {int(p) for p in os.listdir(run / "checkpoints") if p.isdigit()}
+    assert 2 in saved and max(saved) == 4  # every checkpoint.every (2) steps, and at the last
+    own = {f"{qid}/{c}/{t}" for qid, c, t in chosen["sophia"]}  # no data.selection: the store's own
+    assert {r for line in open(run / "examples-0.jsonl") for r in json.loads(line)["records"]} <= own
 
 
 def test_readme_main_command_is_what_ci_runs():
