@@ -53,38 +53,37 @@ GENERATE = {
 # question's images share (images.total_tiles). On a v6e host the 38B policy's ~19 GiB of weights
 # per chip leave room for 32 tiles of InternViT-6B prefill, not the default 64.
 EVAL = {
-    ("internvl2_5_8b", "v5p-64"): {"batch_size": 128, "tiles": 64, "kv_budget": 1048576},
-    ("internvl2_5_8b", "v6e-32"): {"batch_size": 64, "tiles": 64, "kv_budget": 393216},
-    ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tiles": 64, "kv_budget": 1048576},
-    ("internvl3_8b", "v6e-32"): {"batch_size": 64, "tiles": 64, "kv_budget": 786432},
-    ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tiles": 64, "kv_budget": 524288},
-    ("internvl2_5_38b", "v6e-32"): {"batch_size": 32, "tiles": 32, "kv_budget": 65536},
-    ("internvl3_38b", "v5p-64"): {"batch_size": 64, "tiles": 64, "kv_budget": 524288},
-    ("internvl3_38b", "v6e-32"): {"batch_size": 32, "tiles": 32, "kv_budget": 65536},
+    ("internvl2_5_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 1048576},
+    ("internvl2_5_8b", "v6e-32"): {"batch_size": 64, "tile_budget": 64, "kv_budget": 393216},
+    ("internvl3_8b", "v5p-64"): {"batch_size": 128, "tile_budget": 64, "kv_budget": 1048576},
+    ("internvl3_8b", "v6e-32"): {"batch_size": 64, "tile_budget": 64, "kv_budget": 786432},
+    ("internvl2_5_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 64, "kv_budget": 524288},
+    ("internvl2_5_38b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 65536},
+    ("internvl3_38b", "v5p-64"): {"batch_size": 64, "tile_budget": 64, "kv_budget": 524288},
+    ("internvl3_38b", "v6e-32"): {"batch_size": 32, "tile_budget": 32, "kv_budget": 65536},
 }
+
+
+def _one_host_sampler(cfg, facts: dict, settings: dict) -> None:
+    """generate's and eval's sampler on one host: every chip a tensor shard, bf16 KV, the fused
+    decode kernel, and the (model, slice) table's rows, tiles and KV budget."""
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, facts["chips_per_host"]
+    for key in ("batch_size", "tile_budget", "kv_budget"):
+        cfg.sampler[key] = settings[key]
+    cfg.sampler.cache_dtype = "bfloat16"
+    cfg.attention = "fused"  # the TPU paged-attention kernel in decode
 
 
 def experiment(stage: str, model: str, slice_name: str):
     cfg = importlib.import_module(f"sophia_jax.configs.{stage}").get_config()
     facts = SLICES[slice_name]
     if stage == "generate":
-        g = GENERATE[(model, slice_name)]
-        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, facts["chips_per_host"]
-        cfg.sampler.batch_size = g["batch_size"]
-        cfg.sampler.tile_budget = g["tile_budget"]
-        cfg.sampler.kv_budget = g["kv_budget"]
-        cfg.sampler.cache_dtype = "bfloat16"
-        cfg.attention = "fused"  # the TPU paged-attention kernel in decode
+        _one_host_sampler(cfg, facts, GENERATE[(model, slice_name)])
         cfg.policy.name = model
         cfg.aot.topology, cfg.aot.policy = facts["host_topology"], model  # what `sophia-jax aot` compiles for
     elif stage == "eval":
-        e = EVAL[(model, slice_name)]
-        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, facts["chips_per_host"]
-        cfg.sampler.batch_size = e["batch_size"]
-        cfg.sampler.tile_budget = cfg.images.total_tiles = e["tiles"]
-        cfg.sampler.kv_budget = e["kv_budget"]
-        cfg.sampler.cache_dtype = "bfloat16"
-        cfg.attention = "fused"
+        _one_host_sampler(cfg, facts, EVAL[(model, slice_name)])
+        cfg.images.total_tiles = cfg.sampler.tile_budget  # a question's tiles are prefilled together
     elif stage in ("train", "warmup"):
         chips = facts["chips_per_host"] * facts["hosts"]
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, chips, 1

@@ -12,6 +12,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not os.path.basename(f).startswith("_"))
 
 
+def _chips(topology: str) -> int:
+    """Chips of a named TPU topology: v6e:2x4 -> 8."""
+    return math.prod(int(d) for d in topology.split(":")[1].split("x"))
+
+
 def test_every_stage_model_slice_is_there():
     names = {os.path.basename(f) for f in FILES}
     for model in ("internvl2_5_8b", "internvl2_5_38b", "internvl3_8b", "internvl3_38b"):
@@ -25,7 +30,7 @@ def test_config_loads_and_mesh_fits_one_host(path):
     cfg = load(path)
     if os.path.basename(path).startswith("generate_"):
         m, host = cfg.mesh, cfg.aot.topology  # one host's chips: v5p:2x2x1, v6e:2x2 or v6e:2x4 (v6e-8)
-        chips = math.prod(int(d) for d in host.split(":")[1].split("x"))
+        chips = _chips(host)
         assert m.data * m.fsdp * m.tensor == chips and chips in (4, 8), "generate samples on one host's chips"
         assert cfg.sampler.tile_budget >= cfg.policy.max_tiles + 1
         assert cfg.distributed.mode == "auto"
@@ -40,7 +45,7 @@ def test_config_loads_and_mesh_fits_one_host(path):
         assert cfg.sampler.kv_budget >= max(cfg.sampler.buckets) + cfg.sampling.max_new_tokens
         assert cfg.distributed.mode == "auto" and cfg.model == ""  # the checkpoint is the user's flag
     else:  # train / warmup: FSDP over the whole slice, a row per chip, the paper's global batch
-        m, chips = cfg.mesh, math.prod(int(d) for d in cfg.aot.topology.split(":")[1].split("x"))
+        m, chips = cfg.mesh, _chips(cfg.aot.topology)
         assert m.data * m.fsdp * m.tensor == chips and cfg.train.micro_rows % (m.data * m.fsdp) == 0
         # The paper's step: 512 rows of 32,768 tokens (38B on v6e: 2,048 rows of 8,192, the same tokens).
         assert cfg.train.global_rows * cfg.data.seq_len == 512 * 32768
